@@ -1,0 +1,97 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    import vaekit
+    run = vaekit.train("runs/digits", dataset="digits", epochs=50)
+    report = vaekit.evaluate(run, iw_samples=1000)      # dict: neg_elbo, nll, active_units, ...
+    model = vaekit.load(run)                            # a VAE in eval mode
+    images = model.sample(16)                           # (16, C, H, W) in [0, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import DataConfig, ModelConfig, TrainConfig
+from .data import load_dataset
+from .errors import VaekitError
+from .evaluate import evaluate as evaluate_model
+from .models import VAE
+from .train import binarization, fit, resolve_device, test_targets
+
+CONFIGS = (DataConfig, ModelConfig, TrainConfig)
+
+
+def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
+    """Split keyword options (any field of DataConfig, ModelConfig, TrainConfig) into the three configs."""
+    known = {f.name: cls for cls in CONFIGS for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise VaekitError(f"unknown option(s) {unknown}")
+    return tuple(cls(**{k: v for k, v in options.items() if known[k] is cls}) for cls in CONFIGS)  # type: ignore[return-value]
+
+
+def train(
+    out: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool | None = None, **options
+) -> Path:
+    """Train a model into the run folder `out` (options: fields of the config dataclasses); returns `out`."""
+    data_cfg, model_cfg, train_cfg = make_configs(**options)
+    if resume and "epochs" not in options:
+        train_cfg = None  # type: ignore[assignment]
+    return fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress)
+
+
+def load(run: str | Path, device: str = "cpu") -> VAE:
+    """The best model of a run folder, in eval mode."""
+    return ckpt.load_model(Path(run), resolve_device(device))
+
+
+def evaluation_data(run: str | Path, dataset: str | None = None, data: str | None = None, data_dir: str | None = None):
+    """(images, labels, description) to evaluate a run on: its own test split by default, the test
+    split of another dataset, or every image of a .npz file; binarized as in training, with a fixed seed."""
+    data_cfg, model_cfg, _ = ckpt.read_config(Path(run))
+    if dataset is not None and data is not None:
+        raise VaekitError("give --dataset or --data, not both")
+    if dataset is not None or data is not None:
+        data_cfg = dataclasses.replace(data_cfg, dataset=dataset or data, data_dir=data_dir or data_cfg.data_dir)
+    source = load_dataset(data_cfg)
+    if source.image_shape != tuple(model_cfg.image_shape):
+        raise VaekitError(
+            f"the model takes images of shape {tuple(model_cfg.image_shape)} but {data_cfg.dataset} has {source.image_shape}"
+        )
+    mode = binarization(data_cfg, model_cfg, source)
+    split = source.test
+    if data is not None:  # a whole file: evaluate every image in it
+        from .data import Split
+
+        parts = (source.train, source.val, source.test)
+        ys = None if source.train.y is None else torch.cat([p.y for p in parts])
+        split = Split(torch.cat([p.x for p in parts]), ys, source.train.max_value)
+    return split, data_cfg, mode
+
+
+def evaluate(
+    run: str | Path,
+    *,
+    dataset: str | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
+    iw_samples: int = 1000,
+    device: str = "auto",
+    max_batch: int = 8192,
+) -> dict:
+    """Test-set -ELBO, its parts, the IWAE estimate of -log p(x) and latent usage of a run; see evaluate.py."""
+    if iw_samples < 1:
+        raise VaekitError(f"--iw-samples must be at least 1, got {iw_samples}")
+    dev = resolve_device(device)
+    model = ckpt.load_model(Path(run), dev)
+    split, data_cfg, mode = evaluation_data(run, dataset, data, data_dir)
+    targets = test_targets(split, data_cfg, mode, dev)
+    if model.conditional and targets.y is None:
+        raise VaekitError(f"{data_cfg.dataset} has no labels, and a conditional VAE is evaluated on labelled images")
+    result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch)
+    result["dataset"] = data_cfg.dataset
+    return result

@@ -1,0 +1,136 @@
+"""Run folders on disk: safetensors weights + JSON config, atomic writes, no pickle anywhere.
+
+A run folder holds
+    config.json         {"vaekit_version", "data", "model", "train"}: the three config dataclasses
+    model.safetensors   the best weights by validation ELBO (what evaluate/sample load)
+    last.safetensors    everything needed to resume: weights ("model."), best weights ("best."),
+                        optimizer tensors ("optim."), RNG states ("rng."), and the JSON scalars
+                        (epoch, step, best value, optimizer hyper-parameters) in its metadata;
+                        one file, so one atomic rename makes a consistent checkpoint.
+    metrics.jsonl       one JSON object per epoch
+Every write goes to a temporary file in the same folder, is fsynced, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import __version__
+from .config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from .errors import VaekitError
+
+CONFIG, BEST, LAST, METRICS = "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to path so that a reader sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    atomic_write(path, st_save(_cpu(tensors), metadata=metadata))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a missing, truncated or tampered file is a VaekitError."""
+    path = Path(path)
+    if not path.is_file():
+        raise VaekitError(f"{path} does not exist")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as e:
+        raise VaekitError(f"{path} is not a valid safetensors file (truncated or tampered?): {e}") from None
+    return tensors, metadata
+
+
+def save_config(folder: Path, data: DataConfig, model: ModelConfig, train: TrainConfig) -> None:
+    doc = {"vaekit_version": __version__, "data": to_dict(data), "model": to_dict(model), "train": to_dict(train)}
+    atomic_write(Path(folder) / CONFIG, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def is_run(folder: Path) -> bool:
+    return (Path(folder) / CONFIG).is_file()
+
+
+def read_config(folder: Path) -> tuple[DataConfig, ModelConfig, TrainConfig]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VaekitError(f"run folder {folder} does not exist")
+    if not is_run(folder):
+        raise VaekitError(f"{folder} is not a vaekit run folder (no {CONFIG}); train one with `vaekit train --out {folder}`")
+    try:
+        doc = json.loads((folder / CONFIG).read_text())
+        major = str(doc.get("vaekit_version", "?")).split(".")[0]
+        if major != __version__.split(".")[0]:
+            raise VaekitError(
+                f"{folder} was written by vaekit {doc.get('vaekit_version')}, this is {__version__}: retrain or use that version"
+            )
+        return from_dict(DataConfig, doc["data"]), from_dict(ModelConfig, doc["model"]), from_dict(TrainConfig, doc["train"])
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise VaekitError(f"{folder / CONFIG} is not a valid vaekit config: {e}") from None
+
+
+def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+        raise VaekitError(f"{source} does not match the model in config.json (another model or a tampered file)")
+    model.load_state_dict(tensors)
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = BEST) -> torch.nn.Module:
+    """The model of a run folder with its best (or another) weights, in eval mode."""
+    from .models import VAE
+
+    _, model_cfg, _ = read_config(folder)
+    model = VAE(model_cfg)
+    tensors, _ = load_tensors(Path(folder) / weights)
+    load_state_dict_into(model, tensors, Path(folder) / weights)
+    return model.to(device).eval()
+
+
+def append_metrics(folder: Path, record: dict[str, Any]) -> None:
+    with open(Path(folder) / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    path = Path(folder) / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash: everything after it is lost work, not data
+    return records
+
+
+def write_metrics(folder: Path, records: list[dict[str, Any]]) -> None:
+    atomic_write(Path(folder) / METRICS, "".join(json.dumps(r) + "\n" for r in records).encode())

@@ -1,0 +1,88 @@
+"""Configuration: one frozen dataclass per concern, serialized as JSON in the run folder.
+
+CLI flags are generated from these fields (see cli.py), so a flag and its field always agree.
+A field's `metadata` may carry `help` and `choices`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import VaekitError
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how pixels become likelihood targets."""
+
+    dataset: str = _opt("digits", "digits | mnist | fashion-mnist | kmnist | FILE.npz | IMAGE_FOLDER")
+    data_dir: str | None = _opt(None, "folder holding IDX files (default: the cache, then system datasets)")
+    binarize: str = _opt(
+        "auto",
+        "dynamic: fresh Bernoulli sample each time an image is seen; static: once; none: raw "
+        "intensities. auto = dynamic for the Bernoulli likelihood, none for the Gaussian",
+        ("auto", "dynamic", "static", "none"),
+    )
+    val_fraction: float = _opt(0.1, "fraction of the training images held out for validation")
+    test_fraction: float = _opt(0.2, "fraction held out for testing, for sources without a test split")
+    split_seed: int = _opt(0, "seed of the train/validation/test split and the fixed test binarization")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The generative model p(x|z[,c]) p(z) and the inference network q(z|x[,c])."""
+
+    model: str = _opt("vae", "vae | cvae (conditional on the class label)", ("vae", "cvae"))
+    arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE)", ("conv", "mlp"))
+    latent_dim: int = _opt(16, "dimension of z")
+    width: int = _opt(32, "channels of the first conv layer (doubled at each downsampling)")
+    hidden: int = _opt(256, "units of the fully connected hidden layer")
+    likelihood: str = _opt(
+        "bernoulli", "bernoulli (BCE, binary pixels) or gaussian (MSE, fixed sigma)", ("bernoulli", "gaussian")
+    )
+    sigma: float = _opt(0.1, "standard deviation of the Gaussian likelihood")
+    # Filled in from the data, not from flags.
+    image_shape: tuple[int, int, int] = (1, 8, 8)
+    num_classes: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The objective's knobs and the optimisation loop."""
+
+    epochs: int = _opt(300, "passes over the training split")
+    batch_size: int = _opt(64, "images per optimisation step")
+    lr: float = _opt(2e-3, "peak Adam learning rate")
+    lr_schedule: str = _opt("cosine", "cosine decay to zero, or constant", ("cosine", "constant"))
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
+    free_bits: float = _opt(0.0, "floor, in nats, on each latent dimension's batch-mean KL")
+    kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta")
+    seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling")
+    device: str = _opt("auto", "auto | cpu | cuda | mps", ("auto", "cpu", "cuda", "mps"))
+    eval_samples: int = _opt(1000, "importance samples K of the IWAE estimate in the final report")
+
+
+C = TypeVar("C")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[C], d: dict) -> C:
+    """Build a config from a JSON dict; unknown keys are an error (a config from another version)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise VaekitError(f"{cls.__name__} has no field(s) {sorted(unknown)}: written by another vaekit version?")
+    kwargs = dict(d)
+    if "image_shape" in kwargs:
+        kwargs["image_shape"] = tuple(kwargs["image_shape"])
+    return cls(**kwargs)

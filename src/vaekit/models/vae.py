@@ -1,0 +1,93 @@
+"""The VAE and the conditional VAE (Kingma & Welling 2014; Sohn et al. 2015).
+
+    inference:   q(z | x[, c]) = N(loc(x, c), diag(scale(x, c)^2))
+    prior:       p(z) = N(0, I)
+    generative:  p(x | z[, c]) = Bernoulli(sigmoid(logits(z, c)))  or  N(mean(z, c), sigma^2 I)
+    objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z))   (objectives.elbo)
+
+With cfg.model == "cvae" the class label c in {0..K-1} enters both networks as a one-hot vector.
+A beta-VAE is the same model trained with beta != 1 (a parameter of the objective, not a class).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Independent
+
+from ..config import ModelConfig
+from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
+from ..errors import VaekitError
+from ..nets import make_networks
+from ..objectives import elbo
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.model == "cvae" and cfg.num_classes < 2:
+            raise VaekitError("a conditional VAE (--model cvae) needs a labelled dataset with at least 2 classes")
+        self.cfg = cfg
+        self.encoder, self.decoder = make_networks(cfg)
+        # Non-persistent buffers: they follow .to(device) but are not saved in checkpoints.
+        self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim), persistent=False)
+        self.register_buffer("prior_scale", torch.ones(cfg.latent_dim), persistent=False)
+
+    @property
+    def conditional(self) -> bool:
+        return self.cfg.model == "cvae"
+
+    def _onehot(self, c: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.conditional:
+            return None
+        if c is None:
+            raise VaekitError("a conditional VAE needs class labels c")
+        return F.one_hot(c, self.cfg.num_classes).to(self.prior_loc.dtype)
+
+    # ---- inference: q(z | x, c)
+    def posterior(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
+        loc, scale = self.encoder(x, self._onehot(c))
+        return diagonal_gaussian(loc, scale)
+
+    # ---- generative: p(z) and p(x | z, c)
+    def prior(self) -> Independent:
+        return diagonal_gaussian(self.prior_loc, self.prior_scale)
+
+    def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
+        out = self.decoder(z, self._onehot(c))  # (B, C, H, W)
+        if self.cfg.likelihood == "bernoulli":
+            return bernoulli_likelihood(out)
+        return gaussian_likelihood(out, self.cfg.sigma)
+
+    # ---- objective
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor | None = None, *, beta: float = 1.0, free_bits: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        """Per-image ELBO terms and the training loss of a batch; see objectives.elbo."""
+        return elbo(self, x, c, beta=beta, free_bits=free_bits)
+
+    # ---- uses
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
+        """n images E[x|z], z ~ p(z): (n, C, H, W) in [0, 1]. A CVAE needs `labels` (one int or n ints)."""
+        device = self.prior_loc.device
+        c = None
+        if labels is not None:
+            if not self.conditional:
+                raise VaekitError("labels were given but this model is not conditional (train with --model cvae)")
+            c = torch.as_tensor(labels, device=device, dtype=torch.long).expand(n) if isinstance(labels, int) else (
+                torch.as_tensor(labels, device=device, dtype=torch.long))
+            if c.shape != (n,):
+                raise VaekitError(f"got {c.numel()} labels for {n} samples")
+            if c.min() < 0 or c.max() >= self.cfg.num_classes:
+                raise VaekitError(f"labels must be in 0..{self.cfg.num_classes - 1}")
+        elif self.conditional:
+            raise VaekitError("a conditional VAE needs labels to sample (e.g. --label 7)")
+        z = self.prior().sample((n,))
+        return likelihood_mean(self.likelihood(z, c))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | z = posterior mean]: (B, C, H, W) in [0, 1]."""
+        return likelihood_mean(self.likelihood(self.posterior(x, c).mean, c))

@@ -1,0 +1,99 @@
+"""Encoder and decoder networks, sized from the image shape (C, H, W).
+
+The encoder maps an image (and optionally a one-hot class) to the parameters (loc, scale) of the
+diagonal-Gaussian q(z|x[,c]); the decoder maps z (and the class) to per-pixel parameters of
+p(x|z[,c]): Bernoulli logits or Gaussian means. Distributions are built in the model, not here.
+
+Conv body: a 3x3 conv, then stride-2 4x4 convs that halve H and W while both stay even and >= 8
+(8x8 -> 4x4; 28x28 -> 14 -> 7; 32x32 -> 16 -> 8 -> 4), channels doubling each time. The decoder
+mirrors it with transposed convs. MLP body: flatten, as in the classic 784-400-20 VAE.
+
+Conditioning: the one-hot label is concatenated to the flattened image features (encoder) and to z
+(decoder). A class is a global property of the image, so it enters where the network is global;
+this costs K inputs instead of K extra image channels at full resolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .errors import VaekitError
+
+Act = nn.SiLU
+
+
+def num_downsamples(height: int, width: int, max_down: int = 3) -> int:
+    n = 0
+    while n < max_down and height % 2 == 0 and width % 2 == 0 and height >= 8 and width >= 8:
+        height, width, n = height // 2, width // 2, n + 1
+    return n
+
+
+def conv_bodies(image_shape: tuple[int, int, int], width: int) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
+    """(encoder body: image -> features, decoder body: features -> image, feature shape)."""
+    c, h, w = image_shape
+    n = num_downsamples(h, w)
+    enc: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1), Act()]
+    dec: list[nn.Module] = [nn.Conv2d(width, c, 3, padding=1)]
+    ch = width
+    for _ in range(n):
+        enc += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), Act()]
+        dec = [nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1), Act(), *dec]
+        ch *= 2
+    feature_shape = (ch, h >> n, w >> n)
+    return nn.Sequential(*enc, nn.Flatten()), nn.Sequential(nn.Unflatten(1, feature_shape), *dec), feature_shape
+
+
+class Encoder(nn.Module):
+    """x: (B, C, H, W), onehot: (B, K) or None -> loc, scale: (B, D)."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, hidden: int, latent_dim: int):
+        super().__init__()
+        self.body = body
+        self.fc = nn.Linear(feature_dim + num_classes, hidden)
+        self.out = nn.Linear(hidden, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        if onehot is not None:
+            h = torch.cat([h, onehot], dim=-1)
+        loc, raw_scale = self.out(F.silu(self.fc(h))).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + 1e-5
+
+
+class Decoder(nn.Module):
+    """z: (B, D), onehot: (B, K) or None -> per-pixel parameters (B, C, H, W)."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, hidden: int, latent_dim: int, conv: bool):
+        super().__init__()
+        self.fc = nn.Linear(latent_dim + num_classes, hidden)
+        self.to_features = nn.Sequential(nn.Linear(hidden, feature_dim), *([Act()] if conv else []))
+        self.body = body
+
+    def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        if onehot is not None:
+            z = torch.cat([z, onehot], dim=-1)
+        return self.body(self.to_features(F.silu(self.fc(z))))
+
+
+def make_networks(cfg: ModelConfig) -> tuple[Encoder, Decoder]:
+    """Encoder and decoder for cfg.image_shape, cfg.arch, cfg.latent_dim (and cfg.num_classes if a CVAE)."""
+    c, h, w = cfg.image_shape
+    if min(h, w) < 4 or c < 1:
+        raise VaekitError(f"images of shape {cfg.image_shape} are too small: need at least 1x4x4")
+    k = cfg.num_classes if cfg.model == "cvae" else 0
+    if cfg.arch == "conv":
+        enc_body, dec_body, feature_shape = conv_bodies(cfg.image_shape, cfg.width)
+    elif cfg.arch == "mlp":
+        enc_body, dec_body, feature_shape = nn.Flatten(), nn.Unflatten(1, cfg.image_shape), cfg.image_shape
+    else:
+        raise VaekitError(f"unknown architecture '{cfg.arch}': use conv or mlp")
+    feature_dim = math.prod(feature_shape)
+    encoder = Encoder(enc_body, feature_dim, k, cfg.hidden, cfg.latent_dim)
+    decoder = Decoder(dec_body, feature_dim, k, cfg.hidden, cfg.latent_dim, conv=cfg.arch == "conv")
+    return encoder, decoder

@@ -1,0 +1,87 @@
+"""Objectives, generic over any model exposing posterior(x, c), prior(), likelihood(z, c).
+
+Convention (one, everywhere): log-densities are summed over pixels and latent dimensions, giving
+one number per image in nats; losses are averaged over the images of a batch.
+
+    ELBO(x)   = E_q[log p(x|z)] - KL(q(z|x) || p(z))                         (Kingma & Welling 2014)
+    IWAE_K(x) = log (1/K) sum_k p(x, z_k) / q(z_k|x),   z_k ~ q(z|x)          (Burda et al. 2016)
+
+IWAE_1 is the ELBO (in expectation) and IWAE_K rises towards log p(x) as K grows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch.distributions import Distribution, kl_divergence
+
+
+class LatentVariableModel(Protocol):
+    def posterior(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution: ...
+    def prior(self) -> Distribution: ...
+    def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution: ...
+
+
+def elbo(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    c: torch.Tensor | None = None,
+    *,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """One-sample reparameterized ELBO of a batch x: (B, C, H, W).
+
+    Returns per-image tensors (B,) `neg_elbo`, `recon` (= -log p(x|z)), `kl` (closed form), and the
+    scalar `loss` that training minimises: mean(recon) + beta * KL, where with free bits each latent
+    dimension's batch-mean KL is floored at `free_bits` nats (Kingma et al. 2016, eq. 15).
+    With beta = 1 and free_bits = 0, loss = mean(neg_elbo).
+    """
+    posterior = model.posterior(x, c)
+    z = posterior.rsample()  # reparameterized: z = loc + scale * eps, eps ~ N(0, I)
+    recon = -model.likelihood(z, c).log_prob(x)
+    kl_per_dim = kl_divergence(posterior.base_dist, model.prior().base_dist)  # (B, D)
+    kl = kl_per_dim.sum(-1)
+    if free_bits > 0:
+        kl_term = kl_per_dim.mean(0).clamp(min=free_bits).sum()
+    else:
+        kl_term = kl.mean()
+    loss = recon.mean() + beta * kl_term
+    return {"loss": loss, "neg_elbo": recon + kl, "recon": recon, "kl": kl}
+
+
+def importance_samples(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    c: torch.Tensor | None = None,
+    *,
+    num_samples: int,
+    chunk: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """K samples z_k ~ q(z|x) per image; returns (K, B) tensors
+
+        log_likelihood = log p(x|z_k)
+        log_weights    = log p(x|z_k) + log p(z_k) - log q(z_k|x)
+
+    Samples are drawn `chunk` at a time so memory grows with chunk * B, not K * B.
+    """
+    posterior = model.posterior(x, c)
+    prior = model.prior()
+    chunk = chunk or num_samples
+    log_lik, log_w = [], []
+    for start in range(0, num_samples, chunk):
+        k = min(chunk, num_samples - start)
+        z = posterior.sample((k,))  # (k, B, D)
+        xs = x.expand(k, *x.shape).reshape(-1, *x.shape[1:])
+        cs = None if c is None else c.expand(k, *c.shape).reshape(-1)
+        ll = model.likelihood(z.reshape(-1, z.shape[-1]), cs).log_prob(xs).view(k, -1)
+        log_lik.append(ll)
+        log_w.append(ll + prior.log_prob(z) - posterior.log_prob(z))
+    return {"log_likelihood": torch.cat(log_lik), "log_weights": torch.cat(log_w)}
+
+
+def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """IWAE_K = logsumexp_k log w_k - log K, from log_weights (K, B): returns (B,)."""
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
