@@ -134,3 +134,52 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
 
 def write_metrics(folder: Path, records: list[dict[str, Any]]) -> None:
     atomic_write(Path(folder) / METRICS, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def save_resume_point(
+    folder: Path,
+    model: torch.nn.Module,
+    best: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, torch.Tensor],
+    state: dict[str, Any],
+) -> None:
+    """Write model.safetensors (best weights), then last.safetensors: model, best, optimizer,
+    `extra` tensors (RNG states, partial sums) and the JSON-able `state`, in one atomic file."""
+    folder = Path(folder)
+    save_tensors(folder / BEST, best)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v for k, v in best.items()})
+    opt_state = optimizer.state_dict()
+    for i, s in opt_state["state"].items():
+        tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
+    tensors.update({f"extra.{k}": v for k, v in extra.items()})
+    meta = dict(state, param_groups=opt_state["param_groups"])
+    save_tensors(folder / LAST, tensors, metadata={"train_state": json.dumps(meta)})
+
+
+def load_resume_point(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore model and optimizer from last.safetensors; returns (best weights, extra tensors, state)."""
+    path = Path(folder) / LAST
+    tensors, metadata = load_tensors(path)
+    try:
+        state = json.loads(metadata["train_state"])
+        param_groups = state.pop("param_groups")
+    except (KeyError, json.JSONDecodeError):
+        raise VaekitError(f"{path} holds no training state: it cannot be resumed") from None
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    load_state_dict_into(model, part("model."), path)
+    opt_state: dict = {"state": {}, "param_groups": param_groups}
+    for key, v in part("optim.").items():
+        i, name = key.split(".", 1)
+        opt_state["state"].setdefault(int(i), {})[name] = v
+    try:
+        optimizer.load_state_dict(opt_state)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise VaekitError(f"{path} holds an optimizer state that does not fit the model: {e}") from None
+    return part("best."), part("extra."), state

@@ -33,6 +33,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
+                               default=argparse.SUPPRESS, help=f.metadata["help"])
+            continue
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
@@ -94,6 +98,7 @@ def build_parser() -> Parser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import train
+    from .train import Interrupted
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise VaekitError("give either --out (a new run) or --resume RUN, not both")
@@ -103,7 +108,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = config_options(args)
     if args.resume and set(options) - {"epochs", "device"}:
         raise VaekitError(f"--resume continues a run with its own settings: only --epochs may change, got {sorted(options)}")
-    train(out, overwrite=args.overwrite, resume=bool(args.resume), **options)
+    try:
+        train(out, overwrite=args.overwrite, resume=bool(args.resume), **options)
+    except Interrupted as e:
+        print(f"vaekit: {e}", file=sys.stderr)
+        return e.exit_code
     print(f"run written to {out}; next: vaekit evaluate {out}")
     return 0
 

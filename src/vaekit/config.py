@@ -66,7 +66,8 @@ class TrainConfig:
     kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta")
     seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling")
     device: str = _opt("auto", "auto | cpu | cuda | mps", ("auto", "cpu", "cuda", "mps"))
-    eval_samples: int = _opt(1000, "importance samples K of the IWAE estimate in the final report")
+    checkpoint_every: float = _opt(5.0, "minutes between checkpoints within an epoch (one is always written per epoch)")
+    detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection, to find the operation that made a NaN (slow)")
 
 
 C = TypeVar("C")

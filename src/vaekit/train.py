@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -100,12 +102,13 @@ def training_targets(split: Split, mode: str, seed: int, device: torch.device) -
 def train_step(
     model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor | None, beta: float, free_bits: float
 ) -> dict[str, torch.Tensor]:
-    """One Adam step on a batch; returns the batch's summed terms (detached, not synced)."""
+    """One Adam step on a batch; returns the batch's summed terms and the gradient norm (detached, not synced)."""
     terms = model(x, c, beta=beta, free_bits=free_bits)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # only measured, not clipped
     optimizer.step()
-    return {k: v.detach().sum() for k, v in terms.items() if k != "loss"}
+    return {**{k: v.detach().sum() for k, v in terms.items() if k != "loss"}, "grad_norm": grad_norm}
 
 
 @torch.no_grad()
@@ -149,59 +152,68 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _rng_state() -> dict[str, torch.Tensor]:
-    state = {"rng.cpu": torch.get_rng_state()}
+class Interrupted(Exception):
+    """Training stopped by a signal after writing a checkpoint; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _StopOnSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:  # a second signal: stop now, the last checkpoint stays intact
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _rng_state(prefix: str) -> dict[str, torch.Tensor]:
+    state = {f"{prefix}.cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["rng.cuda"] = torch.cuda.get_rng_state()
+        state[f"{prefix}.cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+def _set_rng_state(tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    torch.set_rng_state(tensors[f"{prefix}.cpu"])
+    if f"{prefix}.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors[f"{prefix}.cuda"])
 
 
-def save_checkpoint(out: Path, model: VAE, best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Best weights to model.safetensors, then everything needed to resume to last.safetensors."""
-    import json
-
-    ckpt.save_tensors(out / ckpt.BEST, best)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"best.{k}": v for k, v in best.items()})
-    opt_state = optimizer.state_dict()
-    for i, s in opt_state["state"].items():
-        tensors.update({f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
-    tensors.update(_rng_state())
-    meta = dict(state, param_groups=opt_state["param_groups"])
-    ckpt.save_tensors(out / ckpt.LAST, tensors, metadata={"train_state": json.dumps(meta)})
+TERMS = ("neg_elbo", "recon", "kl")  # summed per epoch; plus the gradient norm, watched for non-finite values
 
 
-def load_checkpoint(out: Path, model: VAE, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore model, optimizer and RNG from last.safetensors; returns (best weights, scalar state)."""
-    import json
-
-    tensors, metadata = ckpt.load_tensors(out / ckpt.LAST)
-    try:
-        meta = json.loads(metadata["train_state"])
-    except (KeyError, json.JSONDecodeError):
-        raise VaekitError(f"{out / ckpt.LAST} holds no training state: it cannot be resumed") from None
-    part = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-    ckpt.load_state_dict_into(model, part("model."), out / ckpt.LAST)
-    best = part("best.")
-    opt_state: dict = {"state": {}, "param_groups": meta.pop("param_groups")}
-    for key, v in part("optim.").items():
-        i, name = key.split(".", 1)
-        opt_state["state"].setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict(opt_state)
-    _set_rng_state(tensors)
-    return best, meta
+def _non_finite_message(history: torch.Tensor, epoch: int, first_step: int, out: Path) -> str:
+    """Name the first step and term that went non-finite; history: (steps, 4) = recon, kl, grad norm, ok."""
+    bad = (~torch.isfinite(history[:, :3])).nonzero()
+    row, col = int(bad[0, 0]), int(bad[0, 1])
+    term = ("the reconstruction term", "the KL term", "a gradient")[col]
+    return (
+        f"{term} became non-finite in epoch {epoch}, step {first_step + row + 1}; the last good checkpoint "
+        f"is kept in {out}; try a lower --lr (or --detect-anomaly to find the operation)"
+    )
 
 
 def fit(
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
+    train_cfg: TrainConfig | None,
     out: str | Path,
     *,
     overwrite: bool = False,
@@ -211,19 +223,20 @@ def fit(
 ) -> Path:
     """Train a model and write its run folder; returns the folder.
 
-    With resume=True, data_cfg and model_cfg come from the folder's config.json and only
-    train_cfg.epochs (to train longer) is taken from the arguments.
+    With resume=True, every config comes from the folder's config.json except train_cfg.epochs
+    (to train longer) when train_cfg is given. Raises Interrupted after SIGINT/SIGTERM.
     """
     out = Path(out)
     if resume:
-        data_cfg, model_cfg, saved_train = ckpt.read_config(out)
-        train_cfg = replace(saved_train, epochs=max(train_cfg.epochs, saved_train.epochs) if train_cfg else saved_train.epochs)
+        data_cfg, model_cfg, saved = ckpt.read_config(out)
+        train_cfg = saved if train_cfg is None else replace(saved, epochs=max(train_cfg.epochs, saved.epochs))
+    assert train_cfg is not None
     device = resolve_device(train_cfg.device)
     dataset = load_dataset(data_cfg)
     mode = binarization(data_cfg, model_cfg, dataset)
-    model_cfg = replace(model_cfg, image_shape=dataset.image_shape, num_classes=dataset.num_classes)
     if model_cfg.model == "cvae" and dataset.num_classes < 2:
         raise VaekitError(f"--model cvae needs class labels, and dataset '{data_cfg.dataset}' has none")
+    model_cfg = replace(model_cfg, image_shape=dataset.image_shape, num_classes=dataset.num_classes)
 
     torch.manual_seed(train_cfg.seed)
     model = VAE(model_cfg).to(device)
@@ -232,64 +245,101 @@ def fit(
     )
     train_data = training_targets(dataset.train, mode, data_cfg.split_seed + 1, device)
     val_data = fixed_targets(dataset.val, mode, data_cfg.split_seed + VAL_SEED_OFFSET, device)
-    conditional = model.conditional
-    steps_per_epoch = math.ceil(len(train_data.x) / train_cfg.batch_size)
+    n, bs = len(train_data.x), train_cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
     total_steps = steps_per_epoch * train_cfg.epochs
 
-    start_epoch, step, best_val = 0, 0, math.inf
-    if resume:
-        if not (out / ckpt.LAST).is_file():
-            raise VaekitError(f"{out} has no checkpoint to resume from (no {ckpt.LAST})")
-        best, state = load_checkpoint(out, model, optimizer)
-        start_epoch, step, best_val = state["epoch"], state["step"], state["best_val"]
-        ckpt.write_metrics(out, [r for r in ckpt.read_metrics(out) if r["epoch"] <= start_epoch])
-        if start_epoch >= train_cfg.epochs:
+    # Where to start: epoch `epoch` is the last completed one; `batch` batches of the next are done.
+    epoch, batch, step, best_val = 0, 0, 0, math.inf
+    extra: dict[str, torch.Tensor] = {}
+    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if resume and (out / ckpt.LAST).is_file():
+        best, extra, state = ckpt.load_resume_point(out, model, optimizer)
+        epoch, batch, step, best_val = state["epoch"], state["batch"], state["step"], state["best_val"]
+        _set_rng_state(extra, "rng")
+        ckpt.write_metrics(out, [r for r in ckpt.read_metrics(out) if r["epoch"] <= epoch])
+        if epoch >= train_cfg.epochs:
             print(f"{out} has finished all {train_cfg.epochs} epochs; pass a larger --epochs to train longer")
             return out
+    elif resume:  # killed before its first checkpoint: nothing was saved, start again
+        ckpt.write_metrics(out, [])
     else:
         _prepare_folder(out, overwrite)
-        best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ckpt.save_config(out, data_cfg, model_cfg, train_cfg)
 
+    def checkpoint(epoch_rng: dict[str, torch.Tensor], sums: torch.Tensor) -> None:
+        state = {"epoch": epoch, "batch": batch, "step": step, "best_val": best_val}
+        tensors = {**_rng_state("rng"), **epoch_rng, "sums": sums}
+        ckpt.save_resume_point(out, model, best, optimizer, tensors, state)
+
+    conditional = model.conditional
     bar = tqdm(total=total_steps, initial=step, disable=None if progress is None else not progress, unit="step", dynamic_ncols=True)
+    last_save = time.monotonic()
     model.train()
-    for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
-        t0 = time.perf_counter()
-        sums: dict[str, torch.Tensor] = {}
-        for xb, yb in batches(train_data.x, train_data.y, train_cfg.batch_size, shuffle=True):
-            for group in optimizer.param_groups:
-                group["lr"] = train_cfg.lr * _lr_factor(train_cfg, step, total_steps)
-            beta = _kl_weight(train_cfg, step, steps_per_epoch)
-            terms = train_step(model, optimizer, train_data.targets(xb), yb if conditional else None, beta, train_cfg.free_bits)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + v
-            step += 1
-            bar.update(1)
-        n = len(train_data.x)
-        train_terms = {k: float(v) / n for k, v in sums.items()}
-        if not all(math.isfinite(v) for v in train_terms.values()):
-            bad = [k for k, v in train_terms.items() if not math.isfinite(v)]
-            raise VaekitError(
-                f"the loss became non-finite in epoch {epoch} (step {step}, term {', '.join(bad)}); "
-                f"the last good checkpoint is in {out}; try a lower --lr"
-            )
-        val_terms = validate(model, val_data, seed=data_cfg.split_seed)
-        if val_terms["neg_elbo"] < best_val:
-            best_val = val_terms["neg_elbo"]
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        record = {
-            "epoch": epoch,
-            "step": step,
-            **{f"train_{k}": v for k, v in train_terms.items()},
-            **{f"val_{k}": v for k, v in val_terms.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "kl_weight": beta,
-            "seconds": time.perf_counter() - t0,
-        }
-        ckpt.append_metrics(out, record)
-        bar.set_postfix(loss=f"{train_terms['neg_elbo']:.2f}", val=f"{val_terms['neg_elbo']:.2f}", refresh=False)
-        if epoch == train_cfg.epochs or epoch % max(1, train_cfg.epochs // 20) == 0:
-            save_checkpoint(out, model, best, optimizer, {"epoch": epoch, "step": step, "best_val": best_val})
+    with _StopOnSignal() as stop, torch.autograd.set_detect_anomaly(train_cfg.detect_anomaly):
+        while epoch < train_cfg.epochs:
+            t0 = time.perf_counter()
+            if batch == 0:  # a fresh epoch: remember the RNG that draws its order, so a resume can redraw it
+                epoch_rng = _rng_state("epoch_rng")
+                sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
+            else:  # resuming mid-epoch: redraw the same order, then continue with the saved generator
+                epoch_rng = {k: v for k, v in extra.items() if k.startswith("epoch_rng.")}
+                sums = extra["sums"].to(device)
+                resume_rng = _rng_state("rng")
+                _set_rng_state(epoch_rng, "epoch_rng")
+            order = torch.randperm(n, device=device)
+            if batch > 0:
+                _set_rng_state(resume_rng, "rng")
+            first_batch = batch
+            history = torch.zeros(steps_per_epoch - first_batch, 4, device=device)
+            for batch in range(first_batch, steps_per_epoch):
+                idx = order[batch * bs : (batch + 1) * bs]
+                for group in optimizer.param_groups:
+                    group["lr"] = train_cfg.lr * _lr_factor(train_cfg, step, total_steps)
+                beta = _kl_weight(train_cfg, step, steps_per_epoch)
+                c = train_data.y[idx] if conditional else None
+                terms = train_step(model, optimizer, train_data.targets(train_data.x[idx]), c, beta, train_cfg.free_bits)
+                sums += torch.stack([terms[k] for k in TERMS])
+                history[batch - first_batch, :3] = torch.stack([terms["recon"], terms["kl"], terms["grad_norm"]])
+                step += 1
+                bar.update(1)
+                if stop.signum is not None or time.monotonic() - last_save > 60 * train_cfg.checkpoint_every:
+                    batch += 1
+                    if not torch.isfinite(history).all():
+                        raise VaekitError(_non_finite_message(history, epoch + 1, first_batch, out))
+                    if batch < steps_per_epoch:
+                        checkpoint(epoch_rng, sums)
+                        last_save = time.monotonic()
+                    if stop.signum is not None:
+                        bar.close()
+                        name = signal.Signals(stop.signum).name
+                        raise Interrupted(
+                            f"stopped by {name} in epoch {epoch + 1} after step {step}; checkpoint saved: "
+                            f"resume with `vaekit train --resume {out}`",
+                            128 + stop.signum,
+                        )
+                    batch -= 1
+            if not torch.isfinite(history).all():
+                raise VaekitError(_non_finite_message(history, epoch + 1, first_batch, out))
+            epoch, batch = epoch + 1, 0
+            train_terms = dict(zip(TERMS, (sums / n).tolist()))
+            val_terms = validate(model, val_data, seed=data_cfg.split_seed)
+            if val_terms["neg_elbo"] < best_val:
+                best_val = val_terms["neg_elbo"]
+                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            record = {
+                "epoch": epoch,
+                "step": step,
+                **{f"train_{k}": v for k, v in train_terms.items()},
+                **{f"val_{k}": v for k, v in val_terms.items()},
+                "lr": optimizer.param_groups[0]["lr"],
+                "kl_weight": beta,
+                "seconds": time.perf_counter() - t0,
+            }
+            checkpoint({}, torch.zeros(0))
+            last_save = time.monotonic()
+            ckpt.append_metrics(out, record)
+            bar.set_postfix(loss=f"{train_terms['neg_elbo']:.2f}", val=f"{val_terms['neg_elbo']:.2f}", refresh=False)
     bar.close()
     model.load_state_dict(best)
     model.eval()

@@ -1,0 +1,161 @@
+"""Download the IDX files of MNIST, Fashion-MNIST and KMNIST, checked against known SHA-256 sums.
+
+Each file streams to FILE.part (resumed with an HTTP Range request after an interruption), is
+hashed, and only then renamed into place, so a file under its final name is always complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .data import default_cache_dir
+from .errors import VaekitError
+
+# Per dataset: mirrors (tried in order) and the four files with their SHA-256 (None: not known, then the
+# hash is reported and written to SHA256SUMS instead of checked). The Fashion-MNIST sums are those of
+# Debian's dataset-fashion-mnist files; the MNIST and KMNIST sums agree with torchvision and TFDS.
+SOURCES: dict[str, dict] = {
+    "mnist": {
+        "urls": (
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        "sha256": {
+            "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        },
+    },
+    "fashion-mnist": {
+        "urls": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        "sha256": {
+            "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+            "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+            "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+            "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+        },
+    },
+    "kmnist": {
+        "urls": ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        "sha256": {
+            "train-images-idx3-ubyte.gz": "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+            "train-labels-idx1-ubyte.gz": "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+            "t10k-images-idx3-ubyte.gz": "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+            "t10k-labels-idx1-ubyte.gz": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+        },
+    },
+}
+TIMEOUT_S = 30.0  # per socket operation
+BACKOFF_S = 1.0  # first retry delay; doubles each attempt
+CHUNK = 1 << 16
+# Worth another try: the network, not the request, failed.
+_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def download(
+    name: str, dest: Path | None = None, *, base_url: str | None = None, retries: int = 3, progress: bool = True
+) -> Path:
+    """Fetch and verify the IDX files of dataset `name` into dest (default: cache/NAME); return dest.
+
+    Files already present with the right hash are skipped. base_url replaces the standard mirrors.
+    Each file gets 1 + `retries` attempts per mirror, with exponential backoff between them.
+    """
+    if name not in SOURCES:
+        raise VaekitError(f"cannot download '{name}': known datasets are {', '.join(SOURCES)}")
+    dest = Path(dest) if dest is not None else default_cache_dir() / name
+    dest.mkdir(parents=True, exist_ok=True)
+    mirrors = (base_url,) if base_url else SOURCES[name]["urls"]
+    unverified = {}
+    for filename, expected in SOURCES[name]["sha256"].items():
+        target = dest / filename
+        if target.is_file():
+            actual = _sha256(target)
+            if expected is None:
+                unverified[filename] = actual
+            if expected in (None, actual):
+                continue
+        part = dest / f"{filename}.part"
+        url = _fetch(mirrors, filename, part, retries, progress)
+        actual = _sha256(part)
+        if expected is not None and actual != expected:
+            part.unlink()
+            raise VaekitError(
+                f"{filename} from {url} is damaged or not the expected file: SHA-256 {actual}, "
+                f"expected {expected} (the download was removed)"
+            )
+        os.replace(part, target)  # atomic: the final name only ever holds a complete, checked file
+        if expected is None:
+            unverified[filename] = actual
+    if unverified:
+        sums = dest / "SHA256SUMS"
+        sums.write_text("".join(f"{h}  {f}\n" for f, h in unverified.items()))
+        print(f"warning: no known SHA-256 for {', '.join(unverified)}; their hashes were written to {sums}",
+              file=sys.stderr)
+    return dest
+
+
+def _fetch(mirrors: tuple[str, ...], filename: str, part: Path, retries: int, progress: bool) -> str:
+    """Download filename into `part` from the first mirror that works; return its URL."""
+    errors = []
+    for base in mirrors:
+        url = base.rstrip("/") + "/" + filename
+        for attempt in range(max(retries, 0) + 1):
+            if attempt:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                _fetch_once(url, part, progress)
+                return url
+            except urllib.error.HTTPError as e:
+                e.close()
+                errors.append(f"{url}: HTTP {e.code} {e.reason}")
+                if e.code < 500 and e.code not in (408, 429):  # the server will not change its mind
+                    break
+            except _TRANSIENT as e:
+                errors.append(f"{url}: {getattr(e, 'reason', None) or e!r}")
+    raise VaekitError(
+        f"could not download {filename} after {retries + 1} attempt(s) per mirror (last error: {errors[-1]}); "
+        "check the network, or fetch the files yourself and pass --data-dir FOLDER"
+    )
+
+
+def _fetch_once(url: str, part: Path, progress: bool) -> None:
+    """Append the rest of url to `part` (resuming from its size), or restart when Range is not honoured."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # nothing left to send: the .part is complete; the hash will tell
+            e.close()
+            return
+        raise
+    with response:
+        if response.status != 206:
+            offset = 0  # a full answer (200): start again
+        expected = response.length  # bytes still to come, if the server said
+        received = 0
+        with open(part, "ab" if offset else "wb") as f, tqdm(
+            total=None if expected is None else offset + expected, initial=offset, unit="B", unit_scale=True,
+            desc=url.rsplit("/", 1)[1], disable=None if progress else True, leave=False,
+        ) as bar:
+            while chunk := response.read(CHUNK):
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if expected is not None and received < expected:  # http.client returns b"" when the peer hangs up
+        raise http.client.IncompleteRead(b"", expected - received)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

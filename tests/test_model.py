@@ -1,0 +1,88 @@
+"""Shapes, conditioning and the objective's knobs of the VAE / CVAE."""
+
+import pytest
+import torch
+
+from vaekit import ModelConfig, VaekitError
+from vaekit.models import VAE
+from vaekit.objectives import elbo
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 12, 20)])
+@pytest.mark.parametrize("arch", ["conv", "mlp"])
+def test_shapes(shape, arch):
+    model = VAE(ModelConfig(image_shape=shape, arch=arch, latent_dim=5))
+    x = torch.rand(4, *shape).bernoulli()
+    terms = model(x)
+    assert terms["loss"].shape == ()
+    for k in ("neg_elbo", "recon", "kl"):
+        assert terms[k].shape == (4,)
+    assert torch.allclose(terms["neg_elbo"], terms["recon"] + terms["kl"])
+    assert (terms["kl"] >= 0).all()
+    assert model.posterior(x).batch_shape == (4,) and model.posterior(x).event_shape == (5,)
+    assert model.likelihood(torch.randn(4, 5)).event_shape == shape
+    samples = model.sample(6)
+    assert samples.shape == (6, *shape) and samples.min() >= 0 and samples.max() <= 1
+    assert model.reconstruct(x).shape == x.shape
+
+
+def test_conv_downsampling_matches_image_size():
+    from vaekit.nets import num_downsamples
+
+    assert num_downsamples(28, 28) == 2  # 28 -> 14 -> 7
+    assert num_downsamples(32, 32) == 3  # 32 -> 16 -> 8 -> 4
+    assert num_downsamples(7, 7) == 0
+
+
+def test_too_small_image_is_a_clear_error():
+    with pytest.raises(VaekitError, match="too small"):
+        VAE(ModelConfig(image_shape=(1, 2, 2)))
+
+
+def test_loss_is_mean_neg_elbo_with_default_knobs():
+    model = VAE(ModelConfig(image_shape=(1, 8, 8)))
+    x = torch.rand(16, 1, 8, 8).bernoulli()
+    torch.manual_seed(1)
+    terms = elbo(model, x)
+    assert torch.allclose(terms["loss"], terms["neg_elbo"].mean())
+
+
+def test_beta_and_free_bits_change_only_the_training_loss():
+    model = VAE(ModelConfig(image_shape=(1, 8, 8), latent_dim=4))
+    x = torch.rand(16, 1, 8, 8).bernoulli()
+    torch.manual_seed(1)
+    plain = elbo(model, x)
+    torch.manual_seed(1)
+    weighted = elbo(model, x, beta=0.5)
+    assert torch.allclose(plain["neg_elbo"], weighted["neg_elbo"])
+    assert torch.allclose(weighted["loss"], plain["recon"].mean() + 0.5 * plain["kl"].mean())
+    torch.manual_seed(1)
+    floored = elbo(model, x, free_bits=100.0)  # every dimension below the floor: KL term = D * floor
+    assert torch.allclose(floored["loss"], plain["recon"].mean() + 4 * 100.0)
+
+
+def test_conditioning_changes_decoder_output_for_same_z():
+    model = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=10, latent_dim=3))
+    z = torch.randn(5, 3)
+    a = model.likelihood(z, torch.full((5,), 2)).base_dist.logits
+    b = model.likelihood(z, torch.full((5,), 7)).base_dist.logits
+    assert not torch.allclose(a, b)
+    x = torch.rand(5, 1, 8, 8).bernoulli()
+    assert not torch.allclose(model.posterior(x, torch.full((5,), 2)).mean, model.posterior(x, torch.full((5,), 7)).mean)
+
+
+def test_conditional_sampling_checks_labels():
+    cvae = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=10))
+    assert cvae.sample(4, labels=7).shape == (4, 1, 8, 8)
+    assert cvae.sample(3, labels=[0, 1, 2]).shape == (3, 1, 8, 8)
+    with pytest.raises(VaekitError, match="needs labels"):
+        cvae.sample(4)
+    with pytest.raises(VaekitError, match="0..9"):
+        cvae.sample(2, labels=[3, 10])
+    with pytest.raises(VaekitError, match="not conditional"):
+        VAE(ModelConfig(image_shape=(1, 8, 8))).sample(2, labels=1)
+
+
+def test_cvae_needs_classes():
+    with pytest.raises(VaekitError, match="labelled"):
+        VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=0))

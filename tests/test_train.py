@@ -1,0 +1,152 @@
+"""The training loop and the run folder: learning, files, refusals, interruption and exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaekit
+from vaekit import VaekitError
+
+
+def test_training_lowers_validation_loss_and_writes_the_run_folder(digits_run):
+    run = Path(digits_run)
+    for name in ("config.json", "model.safetensors", "last.safetensors", "metrics.jsonl",
+                 "samples.png", "reconstructions.png", "latent.png", "curves.png"):
+        assert (run / name).is_file(), name
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["val_neg_elbo"] < metrics[0]["val_neg_elbo"]
+    for m in metrics:
+        assert m["train_neg_elbo"] == pytest.approx(m["train_recon"] + m["train_kl"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["image_shape"] == [1, 8, 8] and config["data"]["dataset"] == "digits"
+    assert not list(run.glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_best_weights_are_the_best_validation_epoch(digits_run):
+    model = vaekit.load(digits_run)
+    assert isinstance(model, vaekit.VAE) and not model.training
+    weights = load_file(Path(digits_run) / "model.safetensors")
+    assert set(weights) == set(model.state_dict())
+
+
+def test_existing_run_is_refused_without_overwrite(digits_run, tmp_path):
+    with pytest.raises(VaekitError, match="--overwrite"):
+        vaekit.train(digits_run, dataset="digits", epochs=1, progress=False)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    with pytest.raises(VaekitError, match="not a vaekit run"):
+        vaekit.train(other, dataset="digits", epochs=1, progress=False, overwrite=True)
+    assert (other / "thesis.tex").read_text() == "precious"
+
+
+def test_bernoulli_on_grey_levels_needs_binarization(tmp_path):
+    with pytest.raises(VaekitError, match="binarize"):
+        vaekit.train(tmp_path / "r", dataset="digits", binarize="none", epochs=1, progress=False)
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+def test_gaussian_on_binary_pixels_warns(tmp_path):
+    with pytest.warns(UserWarning, match="Gaussian likelihood on binary"):
+        vaekit.train(tmp_path / "r", dataset="digits", likelihood="gaussian", binarize="static", epochs=1,
+                     progress=False)
+
+
+def test_gaussian_likelihood_trains_on_grey_levels(tmp_path):
+    run = vaekit.train(tmp_path / "r", dataset="digits", likelihood="gaussian", sigma=0.2, epochs=2, progress=False)
+    r = vaekit.evaluate(run, iw_samples=10, device="cpu")
+    assert r["nll"] <= r["neg_elbo"] + 3 * r["neg_elbo_se"]
+
+
+def test_unknown_option_is_refused(tmp_path):
+    with pytest.raises(VaekitError, match="unknown option"):
+        vaekit.train(tmp_path / "r", dataset="digits", latent_dims=3)
+
+
+# ---- interruption and exact resume (real subprocesses)
+
+TRAIN = [sys.executable, "-m", "vaekit", "train", "--dataset", "digits", "--epochs", "4", "--batch-size", "16",
+         "--width", "8", "--hidden", "32", "--latent-dim", "4"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "last.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run([*TRAIN, "--out", str(out)], check=True, env=ENV, capture_output=True)
+    return out
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    model_keys = [k for k in wa if k.startswith(("model.", "best.", "optim."))]
+    assert model_keys and all(torch.equal(wa[k], wb[k]) for k in model_keys)
+    ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in mb] == [1, 2, 3, 4]  # each epoch once, none missing or repeated
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    assert strip(ma) == strip(mb)
+
+
+def _start_and_wait(out: Path, min_steps: int) -> subprocess.Popen:
+    proc = subprocess.Popen([*TRAIN, "--out", str(out), "--checkpoint-every", "0.002"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "last.safetensors").is_file() and (out / "metrics.jsonl").is_file():
+            break
+        time.sleep(0.02)
+    time.sleep(min_steps * 0.01)
+    return proc
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resume_is_bit_identical(reference_run, tmp_path):
+    out = tmp_path / "run"
+    proc = _start_and_wait(out, min_steps=5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "resume with `vaekit train --resume" in err and "Traceback" not in err
+    done = subprocess.run([sys.executable, "-m", "vaekit", "train", "--resume", str(out)], env=ENV,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(reference_run, out)
+    again = subprocess.run([sys.executable, "-m", "vaekit", "train", "--resume", str(out)], env=ENV,
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "finished" in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.1])
+def test_kill_9_anywhere_resumes_to_the_same_run(reference_run, tmp_path, delay):
+    out = tmp_path / "run"
+    proc = _start_and_wait(out, min_steps=0)
+    time.sleep(delay)
+    proc.kill()
+    proc.communicate(timeout=60)
+    done = subprocess.run([sys.executable, "-m", "vaekit", "train", "--resume", str(out)], env=ENV,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(reference_run, out)
+
+
+def test_resume_can_train_longer(tmp_path):
+    run = vaekit.train(tmp_path / "r", dataset="digits", epochs=1, width=8, hidden=32, progress=False)
+    vaekit.train(run, resume=True, epochs=2, progress=False)
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+    assert json.loads((Path(run) / "config.json").read_text())["train"]["epochs"] == 2
