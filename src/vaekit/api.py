@@ -82,6 +82,7 @@ def evaluate(
     iw_samples: int = 1000,
     device: str = "auto",
     max_batch: int = 8192,
+    samples_per_class: int = 1000,
 ) -> dict:
     """Test-set -ELBO, its parts, the IWAE estimate of -log p(x) and latent usage of a run; see evaluate.py."""
     if iw_samples < 1:
@@ -94,4 +95,12 @@ def evaluate(
         raise VaekitError(f"{data_cfg.dataset} has no labels, and a conditional VAE is evaluated on labelled images")
     result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch)
     result["dataset"] = data_cfg.dataset
+    if model.conditional:  # nll is -log p(x|c); judge the class-conditional samples too
+        from .classifier import cached_classifier, conditional_accuracy
+
+        classifier, result["classifier_accuracy"] = cached_classifier(Path(run), load_dataset(data_cfg), dev)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(0)
+            result["conditional_accuracy"] = conditional_accuracy(model, classifier, samples_per_class)
+        result["samples_per_class"] = samples_per_class
     return result

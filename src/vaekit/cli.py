@@ -75,6 +75,8 @@ def build_parser() -> Parser:
     p.add_argument("--iw-samples", type=int, default=1000, help="importance samples K (default: 1000)")
     p.add_argument("--max-batch", type=int, default=8192, help="(image, sample) pairs per decoder pass (memory cap)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--samples-per-class", type=int, default=1000,
+                   help="conditional models: samples per class judged by the classifier (default: 1000)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("sample", help="draw images from the model")
@@ -87,6 +89,11 @@ def build_parser() -> Parser:
     p = sub.add_parser("reconstruct", help="test images above their reconstructions")
     p.add_argument("run", help="run folder")
     p.add_argument("--n", type=int, default=16, help="number of test images (default: 16)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+
+    p = sub.add_parser("analogy", help="conditional models: test images redrawn as every class")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--n", type=int, default=8, help="number of source images (rows, default: 8)")
     p.add_argument("--out", required=True, help="PNG file to write")
 
     p = sub.add_parser("download", help="download an IDX dataset into the cache, checking SHA-256")
@@ -124,6 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.run, dataset=args.dataset, data=args.data, data_dir=args.data_dir,
         iw_samples=args.iw_samples, device=args.device, max_batch=args.max_batch,
+        samples_per_class=args.samples_per_class,
     )
     print(json.dumps(result) if args.json else format_report(result))
     return 0
@@ -163,6 +171,20 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analogy(args: argparse.Namespace) -> int:
+    from .api import evaluation_data, load
+    from .plots import analogy_grid, save_png
+    from .train import test_targets
+
+    model = load(args.run)
+    if not model.conditional:
+        raise VaekitError(f"analogies need a conditional model, and {args.run} is not one (train with --model cvae)")
+    split, data_cfg, mode = evaluation_data(args.run)
+    targets = test_targets(split, data_cfg, mode, "cpu")
+    print(save_png(args.out, analogy_grid(model, targets.x, targets.y, n=args.n)))
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import download
 
@@ -170,7 +192,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "reconstruct": cmd_reconstruct, "download": cmd_download}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
+            "analogy": cmd_analogy, "download": cmd_download}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -69,6 +69,14 @@ def reconstruction_grid(model, x: torch.Tensor, y: torch.Tensor | None, n: int =
     return image_grid(torch.cat(rows), nrow=per_row)
 
 
+def analogy_grid(model, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> Image.Image:
+    """Rows = source test images; column 0 the image itself, then its latent decoded as class 0..K-1."""
+    x, y = x[:n], y[:n]
+    redrawn = model.redraw_as_every_class(x, y)  # (n, K, C, H, W)
+    rows = torch.cat([x.unsqueeze(1), redrawn], dim=1)  # (n, K+1, C, H, W)
+    return image_grid(rows.flatten(0, 1), nrow=rows.shape[1])
+
+
 def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """Posterior means of the images, in 2-D (the first two principal components if D > 2)."""
     with torch.no_grad():
@@ -116,6 +124,8 @@ def run_pictures(out: Path, model, test, seed: int) -> None:
         save_png(out / "samples.png", sample_grid(model))
         save_png(out / "reconstructions.png", reconstruction_grid(model, test.x, test.y))
         latent_figure(out / "latent.png", model, test.x[:2000], None if test.y is None else test.y[:2000])
+        if model.conditional:
+            save_png(out / "analogy.png", analogy_grid(model, test.x, test.y))
     metrics = ckpt.read_metrics(out)
     if metrics:
         curves_figure(out / "curves.png", metrics)

@@ -91,3 +91,17 @@ class VAE(nn.Module):
     def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z = posterior mean]: (B, C, H, W) in [0, 1]."""
         return likelihood_mean(self.likelihood(self.posterior(x, c).mean, c))
+
+    @torch.no_grad()
+    def redraw_as_every_class(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Style transfer: encode x with its own labels c, decode each z with every class.
+
+        x: (B, C, H, W), c: (B,) -> (B, K, C, H, W); entry [i, k] is image i's style drawn as class k.
+        """
+        if not self.conditional:
+            raise VaekitError("analogies need a conditional model (train with --model cvae)")
+        z = self.posterior(x, c).mean  # (B, D)
+        b, k = len(x), self.cfg.num_classes
+        classes = torch.arange(k, device=z.device).repeat(b)  # (B*K,)
+        images = likelihood_mean(self.likelihood(z.repeat_interleave(k, 0), classes))
+        return images.view(b, k, *images.shape[1:])

@@ -1,0 +1,109 @@
+"""The `vaekit` command end to end on the built-in digits, and its one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit.cli import main
+
+
+def png_size(path):
+    with Image.open(path) as picture:
+        assert picture.format == "PNG"
+        return picture.size
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_evaluate_sample_reconstruct(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", "--dataset", "digits", "--out", run, "--epochs", "2", "--latent-dim", "4")
+    assert code == 0 and "vaekit evaluate" in out
+    assert json.loads((run / "config.json").read_text())["model"]["latent_dim"] == 4
+    code, out, _ = run_cli(capsys, "evaluate", run, "--iw-samples", "20", "--json")
+    assert code == 0
+    report = json.loads(out)
+    for key in ("neg_elbo", "nll", "iw_samples", "n_images", "active_units", "recon", "kl", "nll_se", "kl_per_dim"):
+        assert key in report
+    assert report["iw_samples"] == 20 and report["n_images"] == 359 and len(report["kl_per_dim"]) == 4
+    assert report["nll"] <= report["neg_elbo"]
+    code, out, _ = run_cli(capsys, "evaluate", run, "--iw-samples", "5")
+    assert code == 0 and "-log p(x) IWAE" in out and "active units" in out
+    code, _, _ = run_cli(capsys, "sample", run, "--n", "12", "--out", tmp_path / "s.png")
+    assert code == 0 and png_size(tmp_path / "s.png")[0] > 8 * 8
+    code, _, _ = run_cli(capsys, "reconstruct", run, "--out", tmp_path / "r.png")
+    assert code == 0 and png_size(tmp_path / "r.png")
+
+
+def test_evaluate_on_an_npz_file(digits_run, tmp_path, capsys):
+    x = (np.random.default_rng(0).random((30, 8, 8)) > 0.5).astype(np.uint8) * 255
+    np.savez(tmp_path / "d.npz", x=x)
+    code, out, _ = run_cli(capsys, "evaluate", digits_run, "--data", tmp_path / "d.npz", "--iw-samples", "3", "--json")
+    assert code == 0 and json.loads(out)["n_images"] == 30
+
+
+def test_conditional_run(cvae_run, tmp_path, capsys):
+    code, _, _ = run_cli(capsys, "sample", cvae_run, "--label", "7", "--n", "16", "--out", tmp_path / "seven.png")
+    assert code == 0
+    code, _, _ = run_cli(capsys, "analogy", cvae_run, "--n", "3", "--out", tmp_path / "a.png")
+    width, height = png_size(tmp_path / "a.png")
+    assert code == 0 and width > 3 * height  # 3 rows, 1 + 10 columns
+    assert (Path(cvae_run) / "analogy.png").is_file()
+    code, out, _ = run_cli(capsys, "evaluate", cvae_run, "--iw-samples", "5", "--samples-per-class", "20", "--json")
+    report = json.loads(out)
+    assert code == 0 and 0 <= report["conditional_accuracy"] <= 1 and report["classifier_accuracy"] > 0.8
+    assert (Path(cvae_run) / "classifier.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "nosuchset", "--out", "{tmp}/r"], "unknown dataset"),
+        (["train", "--dataset", "{tmp}/missing.npz", "--out", "{tmp}/r"], "missing.npz"),
+        (["train", "--likelihood", "poisson", "--out", "{tmp}/r"], "invalid choice"),
+        (["train", "--epochs", "many", "--out", "{tmp}/r"], "invalid int value"),
+        (["train", "--model", "cvae", "--dataset", "{tmp}/unlabelled.npz", "--out", "{tmp}/r"], "labels"),
+        (["evaluate", "{tmp}"], "not a vaekit run folder"),
+        (["evaluate", "{tmp}/nowhere"], "does not exist"),
+        (["sample", "{run}", "--label", "3", "--out", "{tmp}/x.png"], "conditional"),
+        (["analogy", "{run}", "--out", "{tmp}/x.png"], "conditional"),
+        (["train", "--dataset", "digits", "--out", "{run}"], "--overwrite"),
+        (["train"], "--out RUN is required"),
+        (["evaluate", "{run}", "--iw-samples", "0"], "at least 1"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(argv, message, digits_run, tmp_path, capsys):
+    np.savez(tmp_path / "unlabelled.npz", x=np.zeros((40, 8, 8), np.uint8))
+    argv = [a.format(tmp=tmp_path, run=digits_run) for a in argv]
+    with pytest.raises(SystemExit) if argv[1:2] == ["--likelihood"] or "many" in argv else _nothing() as exit_info:
+        code = main(argv)
+    code = exit_info.value.code if exit_info is not None else code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_python_dash_m_and_console_script(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vaekit", "evaluate", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("vaekit: error:") and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "vaekit", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "train" in done.stdout
