@@ -16,11 +16,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import DataConfig, ModelConfig, TrainConfig
-from .data import load_dataset
+from .data import binarization, load_dataset, test_targets
 from .errors import VaekitError
 from .evaluate import evaluate as evaluate_model
 from .models import VAE
-from .train import binarization, fit, resolve_device, test_targets
+from .train import fit, resolve_device
 
 CONFIGS = (DataConfig, ModelConfig, TrainConfig)
 
@@ -62,7 +62,7 @@ def evaluation_data(run: str | Path, dataset: str | None = None, data: str | Non
         raise VaekitError(
             f"the model takes images of shape {tuple(model_cfg.image_shape)} but {data_cfg.dataset} has {source.image_shape}"
         )
-    mode = binarization(data_cfg, model_cfg, source)
+    mode = binarization(data_cfg.binarize, model_cfg.likelihood, source)
     split = source.test
     if data is not None:  # a whole file: evaluate every image in it
         from .data import Split
@@ -90,7 +90,7 @@ def evaluate(
     dev = resolve_device(device)
     model = ckpt.load_model(Path(run), dev)
     split, data_cfg, mode = evaluation_data(run, dataset, data, data_dir)
-    targets = test_targets(split, data_cfg, mode, dev)
+    targets = test_targets(split, data_cfg.split_seed, mode, dev)
     if model.conditional and targets.y is None:
         raise VaekitError(f"{data_cfg.dataset} has no labels, and a conditional VAE is evaluated on labelled images")
     result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,20 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def save_config(folder: Path, data: DataConfig, model: ModelConfig, train: TrainConfig) -> None:
     doc = {"vaekit_version": __version__, "data": to_dict(data), "model": to_dict(model), "train": to_dict(train)}
     atomic_write(Path(folder) / CONFIG, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def prepare_run_folder(out: Path, overwrite: bool) -> None:
+    """Create `out` for a new run; an existing run is replaced only with overwrite, other files never."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VaekitError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_run(out):
+            raise VaekitError(f"{out} holds files that are not a vaekit run: choose another --out")
+        if not overwrite:
+            raise VaekitError(f"{out} already holds a vaekit run: pass --overwrite to replace it, or --resume {out} to continue it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def is_run(folder: Path) -> bool:

@@ -162,11 +162,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .api import evaluation_data, load
     from .plots import reconstruction_grid, save_png
-    from .train import test_targets
+    from .data import test_targets
 
     model = load(args.run)
     split, data_cfg, mode = evaluation_data(args.run)
-    targets = test_targets(split, data_cfg, mode, "cpu")
+    targets = test_targets(split, data_cfg.split_seed, mode, "cpu")
     print(save_png(args.out, reconstruction_grid(model, targets.x, targets.y, n=args.n)))
     return 0
 
@@ -174,13 +174,13 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_analogy(args: argparse.Namespace) -> int:
     from .api import evaluation_data, load
     from .plots import analogy_grid, save_png
-    from .train import test_targets
+    from .data import test_targets
 
     model = load(args.run)
     if not model.conditional:
         raise VaekitError(f"analogies need a conditional model, and {args.run} is not one (train with --model cvae)")
     split, data_cfg, mode = evaluation_data(args.run)
-    targets = test_targets(split, data_cfg, mode, "cpu")
+    targets = test_targets(split, data_cfg.split_seed, mode, "cpu")
     print(save_png(args.out, analogy_grid(model, targets.x, targets.y, n=args.n)))
     return 0
 

@@ -67,6 +67,7 @@ class TrainConfig:
     seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling")
     device: str = _opt("auto", "auto | cpu | cuda | mps", ("auto", "cpu", "cuda", "mps"))
     checkpoint_every: float = _opt(5.0, "minutes between checkpoints within an epoch (one is always written per epoch)")
+    dist_timeout: float = _opt(300.0, "seconds a process waits for the others (torchrun) before giving up")
     detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection, to find the operation that made a NaN (slow)")
 
 

@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -129,6 +130,68 @@ def batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         yield x[idx], None if y is None else y[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Likelihood targets on the training device
+
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 2, 3  # fixed binarizations use split_seed + offset
+
+
+def binarization(binarize: str, likelihood: str, dataset: ImageDataset) -> str:
+    """The binarization mode to use ("dynamic", "static" or "none"), after checking that the
+    likelihood fits the pixels: Bernoulli needs binary targets, Gaussian on binary ones warns."""
+    mode = binarize
+    if mode == "auto":
+        mode = "dynamic" if likelihood == "bernoulli" else "none"
+    if likelihood == "bernoulli" and mode == "none" and not dataset.is_binary:
+        raise VaekitError(
+            "the Bernoulli likelihood needs binary pixels but this data has grey levels: "
+            "use --binarize dynamic or static, or --likelihood gaussian"
+        )
+    if likelihood == "gaussian" and (mode != "none" or dataset.is_binary):
+        warnings.warn("a Gaussian likelihood on binary pixels: the Bernoulli likelihood is the one that fits", stacklevel=2)
+    return mode
+
+
+@dataclass
+class DeviceData:
+    """Images resident on the training device; a batch is an index gather plus, if dynamic, a fresh
+    Bernoulli sample drawn on the device in the same step."""
+
+    x: torch.Tensor  # (N, C, H, W) uint8 levels or float in [0, 1]
+    y: torch.Tensor | None  # (N,)
+    max_value: float
+    dynamic: bool
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Likelihood targets (B, C, H, W) float in [0, 1] and labels of the examples idx."""
+        xb = self.x[idx].float().div_(self.max_value)
+        return (torch.bernoulli(xb) if self.dynamic else xb), (None if self.y is None else self.y[idx])
+
+
+def fixed_targets(split: Split, mode: str, seed: int, device: torch.device | str) -> DeviceData:
+    """Images binarized once with a fixed seed (validation and test: evaluation is repeatable)."""
+    x = split.to_float()
+    if mode != "none":
+        x = binarize_static(x, seed)
+    return DeviceData(x.to(device), None if split.y is None else split.y.to(device), 1.0, dynamic=False)
+
+
+def training_targets(split: Split, mode: str, seed: int, device: torch.device | str) -> DeviceData:
+    """The training images as stored (uint8 stays uint8), binarized per batch if mode is dynamic."""
+    if mode == "static":
+        return fixed_targets(split, mode, seed, device)
+    y = None if split.y is None else split.y.to(device)
+    return DeviceData(split.x.to(device), y, split.max_value, dynamic=mode == "dynamic")
+
+
+def test_targets(split: Split, split_seed: int, mode: str, device: torch.device | str) -> DeviceData:
+    """The evaluation images of a run: binarized once, always with the same seed."""
+    return fixed_targets(split, mode, split_seed + TEST_SEED_OFFSET, device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""Data-parallel training with torchrun: one process per device, DistributedDataParallel.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address; `setup` joins the group
+with NCCL on CUDA and Gloo on the CPU. Every rank holds the whole (small) dataset on its device and
+draws the same epoch order; a global batch of B examples is split as idx[rank::world], so the
+union of the ranks' batches is exactly the single-process batch and DDP's gradient average equals
+the single-process gradient (DistributedSampler semantics: the order is padded to a multiple of the
+world size by repeating its first examples). Rank 0 alone writes the run folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import VaekitError
+
+
+@dataclass(frozen=True)
+class Group:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum of t over ranks (t itself when not distributed)."""
+        if self.active:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
+    def gather_objects(self, obj) -> list:
+        if not self.active:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device, timeout_s: float) -> Group:
+    """Join the torchrun process group if there is one; returns this process's place in it."""
+    if not launched_by_torchrun():
+        return Group(device=device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Group(rank=rank, world=world, device=device)
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def padded_order(order: torch.Tensor, world: int) -> torch.Tensor:
+    """Repeat the first examples so that every rank gets the same number (DistributedSampler)."""
+    extra = (-len(order)) % world
+    return torch.cat([order, order[:extra]]) if extra else order
+
+
+def check_batch_size(batch_size: int, group: Group) -> None:
+    if batch_size % group.world:
+        raise VaekitError(
+            f"--batch-size {batch_size} is the global batch and must be divisible by the {group.world} processes"
+        )
+
+
+def collective_failed(error: BaseException) -> VaekitError:
+    """A clear message for a collective that failed because another rank died or timed out."""
+    return VaekitError(
+        f"another training process stopped or timed out ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+        "the last checkpoint is intact: resume with `vaekit train --resume RUN`"
+    )
