@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -120,7 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code
-    print(f"run written to {out}; next: vaekit evaluate {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        print(f"run written to {out}; next: vaekit evaluate {out}")
     return 0
 
 

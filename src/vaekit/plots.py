@@ -8,15 +8,12 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure  # no pyplot: no global backend switch, no open-figure state
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from . import checkpoint as ckpt  # noqa: E402
+from . import checkpoint as ckpt
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 28) -> Image.Image:
@@ -41,10 +38,9 @@ def save_png(path: str | Path, picture: Image.Image) -> Path:
     return Path(path)
 
 
-def _save_figure(path: Path, fig: plt.Figure) -> None:
+def _save_figure(path: Path, fig: Figure) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     ckpt.atomic_write(path, buf.getvalue())
 
 
@@ -91,7 +87,8 @@ def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) ->
     else:
         mu = np.concatenate([mu, np.zeros_like(mu)], axis=1)
         xlabel, ylabel = "E[z|x]", ""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     points = ax.scatter(mu[:, 0], mu[:, 1], c=None if y is None else y.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
     if y is not None:
         fig.colorbar(points, ax=ax, label="class")
@@ -102,7 +99,8 @@ def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) ->
 def curves_figure(path: Path, metrics: list[dict]) -> None:
     """-ELBO (train and validation) and its KL part per epoch."""
     epochs = [m["epoch"] for m in metrics]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [m["train_neg_elbo"] for m in metrics], label="train")
     left.plot(epochs, [m["val_neg_elbo"] for m in metrics], label="validation")
     lo = min(m["val_neg_elbo"] for m in metrics)

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
@@ -273,6 +273,7 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
                     last_save = time.monotonic()
                 if signum:
                     break
+            train_seconds = time.perf_counter() - t0
             if batch < steps_per_epoch:  # stopped mid-epoch, checkpoint written
                 bar.close()
                 raise _interrupted(signum, epoch + 1, step, out)
@@ -292,7 +293,9 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
                     "epoch": epoch, "step": step,
                     **{f"train_{k}": v for k, v in train_terms.items()},
                     **{f"val_{k}": v for k, v in val_terms.items()},
-                    "lr": optimizer.param_groups[0]["lr"], "kl_weight": beta, "seconds": time.perf_counter() - t0,
+                    "lr": optimizer.param_groups[0]["lr"], "kl_weight": beta,
+                    "train_seconds": train_seconds, "images_per_second": (n - first * bs) / train_seconds,
+                    "seconds": time.perf_counter() - t0,
                 })
             bar.set_postfix(loss=f"{train_terms['neg_elbo']:.2f}", val=f"{val_terms['neg_elbo']:.2f}", refresh=False)
             if signum:  # the signal came in the epoch's last step: stop now that the epoch is saved
