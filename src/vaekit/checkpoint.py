@@ -35,15 +35,21 @@ CONFIG, BEST, LAST, METRICS = "config.json", "model.safetensors", "last.safetens
 def atomic_write(path: Path, data: bytes) -> None:
     """Write bytes to path so that a reader sees the old file or the whole new one, never a part."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, read-only folder, quota: the previous file is untouched
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise VaekitError(f"could not write {path}: {e.strerror or e}; the previous version of it is intact") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

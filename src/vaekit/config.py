@@ -41,8 +41,8 @@ class ModelConfig:
     model: str = _opt("vae", "vae | cvae (conditional on the class label)", ("vae", "cvae"))
     arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE)", ("conv", "mlp"))
     latent_dim: int = _opt(16, "dimension of z")
-    width: int = _opt(32, "channels of the first conv layer (doubled at each downsampling)")
-    hidden: int = _opt(256, "units of the fully connected hidden layer")
+    width: int = _opt(16, "channels of the first conv layer (doubled at each downsampling)")
+    hidden: int = _opt(128, "units of the fully connected hidden layer")
     likelihood: str = _opt(
         "bernoulli", "bernoulli (BCE, binary pixels) or gaussian (MSE, fixed sigma)", ("bernoulli", "gaussian")
     )
@@ -56,7 +56,7 @@ class ModelConfig:
 class TrainConfig:
     """The objective's knobs and the optimisation loop."""
 
-    epochs: int = _opt(300, "passes over the training split")
+    epochs: int = _opt(400, "passes over the training split")
     batch_size: int = _opt(64, "images per optimisation step")
     lr: float = _opt(2e-3, "peak Adam learning rate")
     lr_schedule: str = _opt("cosine", "cosine decay to zero, or constant", ("cosine", "constant"))
@@ -66,6 +66,8 @@ class TrainConfig:
     kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta")
     seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling")
     device: str = _opt("auto", "auto | cpu | cuda | mps", ("auto", "cpu", "cuda", "mps"))
+    compile: bool = _opt(False, "torch.compile the training step (CUDA: with CUDA graphs)")
+    precision: str = _opt("fp32", "bf16: bfloat16 autocast for the networks (CUDA; CPUs with bf16 units)", ("fp32", "bf16"))
     checkpoint_every: float = _opt(5.0, "minutes between checkpoints within an epoch (one is always written per epoch)")
     dist_timeout: float = _opt(300.0, "seconds a process waits for the others (torchrun) before giving up")
     detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection, to find the operation that made a NaN (slow)")
