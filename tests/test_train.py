@@ -75,7 +75,7 @@ def test_unknown_option_is_refused(tmp_path):
 # ---- interruption and exact resume (real subprocesses)
 
 TRAIN = [sys.executable, "-m", "vaekit", "train", "--dataset", "digits", "--epochs", "4", "--batch-size", "16",
-         "--width", "8", "--hidden", "32", "--latent-dim", "4"]
+         "--width", "8", "--hidden", "32", "--latent-dim", "4", "--ema", "0.99"]  # EMA state must resume too
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
@@ -97,7 +97,8 @@ def _assert_same_run(a: Path, b: Path) -> None:
     ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in mb] == [1, 2, 3, 4]  # each epoch once, none missing or repeated
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    timing = {"seconds", "train_seconds", "images_per_second"}
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
     assert strip(ma) == strip(mb)
 
 
@@ -150,3 +151,4 @@ def test_resume_can_train_longer(tmp_path):
     lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert json.loads((Path(run) / "config.json").read_text())["train"]["epochs"] == 2
+

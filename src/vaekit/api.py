@@ -83,6 +83,7 @@ def evaluate(
     device: str = "auto",
     max_batch: int = 8192,
     samples_per_class: int = 1000,
+    limit: int | None = None,
 ) -> dict:
     """Test-set -ELBO, its parts, the IWAE estimate of -log p(x) and latent usage of a run; see evaluate.py."""
     if iw_samples < 1:
@@ -91,6 +92,10 @@ def evaluate(
     model = ckpt.load_model(Path(run), dev)
     split, data_cfg, mode = evaluation_data(run, dataset, data, data_dir)
     targets = test_targets(split, data_cfg.split_seed, mode, dev)
+    if limit is not None:  # the first `limit` test images
+        if limit < 1:
+            raise VaekitError(f"--limit must be at least 1, got {limit}")
+        targets.x, targets.y = targets.x[:limit], None if targets.y is None else targets.y[:limit]
     if model.conditional and targets.y is None:
         raise VaekitError(f"{data_cfg.dataset} has no labels, and a conditional VAE is evaluated on labelled images")
     result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch)

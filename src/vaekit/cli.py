@@ -74,6 +74,7 @@ def build_parser() -> Parser:
     source.add_argument("--data", metavar="FILE.npz", help="evaluate on every image of this .npz file")
     p.add_argument("--data-dir", help="folder holding IDX files")
     p.add_argument("--iw-samples", type=int, default=1000, help="importance samples K (default: 1000)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N test images (quicker, larger standard errors)")
     p.add_argument("--max-batch", type=int, default=8192, help="(image, sample) pairs per decoder pass (memory cap)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--samples-per-class", type=int, default=1000,
@@ -133,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.run, dataset=args.dataset, data=args.data, data_dir=args.data_dir,
         iw_samples=args.iw_samples, device=args.device, max_batch=args.max_batch,
-        samples_per_class=args.samples_per_class,
+        samples_per_class=args.samples_per_class, limit=args.limit,
     )
     print(json.dumps(result) if args.json else format_report(result))
     return 0

@@ -64,6 +64,7 @@ class TrainConfig:
     beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
     free_bits: float = _opt(0.0, "floor, in nats, on each latent dimension's batch-mean KL")
     kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta")
+    ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off")
     seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling")
     device: str = _opt("auto", "auto | cpu | cuda | mps", ("auto", "cpu", "cuda", "mps"))
     compile: bool = _opt(False, "torch.compile the training step (CUDA: with CUDA graphs)")

@@ -13,6 +13,7 @@ an interrupted run resumes to exactly the run it would have been.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import threading
@@ -218,6 +219,8 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
     # Where to start: `epoch` epochs are complete and `batch` batches of the next one are done.
     epoch, batch, step, best_val = 0, 0, 0, math.inf
     best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Polyak averaging: validation, best weights and pictures use the average of the trajectory.
+    averaged = copy.deepcopy(model).requires_grad_(False) if train_cfg.ema > 0 else model
     sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
     if resume and (out / ckpt.LAST).is_file():
         best, extra, state = ckpt.load_resume_point(out, model, optimizer)
@@ -229,6 +232,8 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
             torch.cuda.set_rng_state(extra[f"rng.{group.rank}.cuda"], device)
         if batch and group.is_main:
             sums = extra["sums"].to(device)
+        if averaged is not model:
+            averaged.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
         if group.is_main:
             ckpt.write_metrics(out, [r for r in ckpt.read_metrics(out) if r["epoch"] <= epoch])
         if epoch >= train_cfg.epochs:
@@ -254,6 +259,8 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
         if group.is_main:
             extra = {f"rng.{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
             state = {"epoch": epoch, "batch": batch, "step": step, "best_val": best_val, "world": group.world}
+            if averaged is not model:
+                extra.update({f"ema.{k}": v for k, v in averaged.state_dict().items()})
             ckpt.save_resume_point(out, model, best, optimizer, {**extra, "sums": partial}, state)
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if group.active else model
@@ -276,6 +283,11 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
                 x, c = train_data.batch(idx)
                 weight = torch.tensor(beta, device=device) if train_cfg.compile else beta  # no recompile per value
                 terms = train_step(forward, optimizer, x, c if conditional else None, weight, train_cfg.free_bits, autocast)
+                if averaged is not model:  # decay warms up so that short runs average little
+                    decay = min(train_cfg.ema, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for p_avg, p in zip(averaged.parameters(), model.parameters()):
+                            p_avg.lerp_(p, 1 - decay)
                 sums += torch.stack([terms[k] for k in TERMS])
                 history[batch - first] = torch.stack([terms["recon"], terms["kl"], terms["grad_norm"]])
                 batch, step = batch + 1, step + 1
@@ -300,10 +312,10 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
             epoch, batch = epoch + 1, 0
             train_terms = dict(zip(TERMS, (group.sum(sums) / n).tolist()))
             sums.zero_()
-            val_terms = validate(model, val_data, group, seed=data_cfg.split_seed)
+            val_terms = validate(averaged, val_data, group, seed=data_cfg.split_seed)
             if val_terms["neg_elbo"] < best_val:
                 best_val = val_terms["neg_elbo"]
-                best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {k: v.detach().clone() for k, v in averaged.state_dict().items()}
             checkpoint()
             last_save = time.monotonic()
             if group.is_main:
