@@ -152,3 +152,12 @@ def test_resume_can_train_longer(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert json.loads((Path(run) / "config.json").read_text())["train"]["epochs"] == 2
 
+
+
+def test_automatic_epochs_follow_the_dataset_size():
+    from vaekit.config import auto_epochs
+
+    assert auto_epochs(1366, 64) == 600  # digits: many passes over little data
+    assert auto_epochs(57000, 64) == 15  # Fashion-MNIST: about the same number of steps
+    assert auto_epochs(10**7, 64) == 10 and auto_epochs(10, 64) == 600  # clamped
+
