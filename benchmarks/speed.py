@@ -210,7 +210,7 @@ def main() -> None:
         print(f"| {name} | {speed:,.0f} | {speed / base:.2f}x | {speed / tensors:.2f}x |")
     per_s, _ = iwae_speed(model_cfg, data, args.iw_samples, args.eval_images)
     print(f"\nIWAE evaluation (vaekit.evaluate, K = {args.iw_samples}, {args.eval_images} test images, "
-          f"8192 image-samples per decoder pass): {per_s:,.1f} images/s = {per_s * args.iw_samples:,.0f} "
+          f"default memory cap): {per_s:,.1f} images/s = {per_s * args.iw_samples:,.0f} "
           f"image-samples/s")
 
 

@@ -81,7 +81,7 @@ def evaluate(
     data_dir: str | None = None,
     iw_samples: int = 1000,
     device: str = "auto",
-    max_batch: int = 8192,
+    max_batch: int | None = None,
     samples_per_class: int = 1000,
     limit: int | None = None,
 ) -> dict:

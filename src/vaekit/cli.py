@@ -75,7 +75,8 @@ def build_parser() -> Parser:
     p.add_argument("--data-dir", help="folder holding IDX files")
     p.add_argument("--iw-samples", type=int, default=1000, help="importance samples K (default: 1000)")
     p.add_argument("--limit", type=int, help="evaluate only the first N test images (quicker, larger standard errors)")
-    p.add_argument("--max-batch", type=int, default=8192, help="(image, sample) pairs per decoder pass (memory cap)")
+    p.add_argument("--max-batch", type=int,
+                   help="(image, sample) pairs per decoder pass, the memory cap (default: 2**21 / pixels, at most 8192)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--samples-per-class", type=int, default=1000,
                    help="conditional models: samples per class judged by the classifier (default: 1000)")
