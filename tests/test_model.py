@@ -86,3 +86,25 @@ def test_conditional_sampling_checks_labels():
 def test_cvae_needs_classes():
     with pytest.raises(VaekitError, match="labelled"):
         VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=0))
+
+
+def test_conditional_accuracy_on_a_fake_classifier_with_known_answers():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from vaekit.classifier import conditional_accuracy
+
+    class FakeModel:  # "samples" whose pixels all equal the requested class
+        cfg = SimpleNamespace(num_classes=4)
+        prior_loc = torch.zeros(1)
+
+        def sample(self, n, labels):
+            return torch.as_tensor(labels, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2)
+
+    class FakeJudge(nn.Module):  # reads the class off the pixels, but calls every 3 a 0
+        def forward(self, x):
+            c = x.mean(dim=(1, 2, 3)).round().long()
+            return nn.functional.one_hot(torch.where(c == 3, 0, c), 4).float()
+
+    assert conditional_accuracy(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5) == pytest.approx(0.75)
