@@ -113,13 +113,15 @@ def read_config(folder: Path) -> tuple[DataConfig, ModelConfig, TrainConfig]:
                 f"{folder} was written by vaekit {doc.get('vaekit_version')}, this is {__version__}: retrain or use that version"
             )
         return from_dict(DataConfig, doc["data"]), from_dict(ModelConfig, doc["model"]), from_dict(TrainConfig, doc["train"])
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise VaekitError(f"{folder / CONFIG} is not a valid vaekit config: {e}") from None
 
 
 def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
     expected = model.state_dict()
-    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+    if set(tensors) != set(expected) or any(
+        tensors[k].shape != expected[k].shape or tensors[k].dtype != expected[k].dtype for k in expected
+    ):
         raise VaekitError(f"{source} does not match the model in config.json (another model or a tampered file)")
     model.load_state_dict(tensors)
 
@@ -136,8 +138,11 @@ def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = 
 
 
 def append_metrics(folder: Path, record: dict[str, Any]) -> None:
-    with open(Path(folder) / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(Path(folder) / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise VaekitError(f"could not write {Path(folder) / METRICS}: {e.strerror or e}; the last checkpoint is intact") from None
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .data import ImageDataset, batches
+from .errors import VaekitError
 
 WEIGHTS, REPORT = "classifier.safetensors", "classifier.json"
 
@@ -92,8 +93,11 @@ def cached_classifier(run: Path, dataset: ImageDataset, device: torch.device) ->
     """The run's classifier from classifier.safetensors, trained and cached there on first use."""
     run = Path(run)
     if (run / WEIGHTS).is_file() and (run / REPORT).is_file():
-        report = json.loads((run / REPORT).read_text())
-        classifier = Classifier(tuple(report["image_shape"]), report["num_classes"])
+        try:
+            report = json.loads((run / REPORT).read_text())
+            classifier = Classifier(tuple(report["image_shape"]), report["num_classes"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+            raise VaekitError(f"{run / REPORT} is damaged ({e}): delete it and {WEIGHTS} to retrain the judge") from None
         tensors, _ = ckpt.load_tensors(run / WEIGHTS)
         ckpt.load_state_dict_into(classifier, tensors, run / WEIGHTS)
         return classifier.to(device).eval(), report["test_accuracy"]

@@ -229,7 +229,13 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
     sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
     if resume and (out / ckpt.LAST).is_file():
         best, extra, state = ckpt.load_resume_point(out, model, optimizer)
-        epoch, batch, step, best_val = state["epoch"], state["batch"], state["step"], state["best_val"]
+        try:
+            epoch, batch, step, best_val = state["epoch"], state["batch"], state["step"], state["best_val"]
+            extra[f"rng.{group.rank}.cpu"]
+        except KeyError as e:
+            raise VaekitError(f"{out / ckpt.LAST} lacks {e} in its training state: it cannot be resumed") from None
+        for tmp in out.glob(".*.tmp"):  # left by a write that was killed halfway
+            tmp.unlink(missing_ok=True)
         if state.get("world", 1) != group.world:
             raise VaekitError(f"{out} was trained with {state.get('world', 1)} processes: resume it with as many")
         torch.set_rng_state(extra[f"rng.{group.rank}.cpu"])
@@ -321,9 +327,7 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
             if val_terms["neg_elbo"] < best_val:
                 best_val = val_terms["neg_elbo"]
                 best = {k: v.detach().clone() for k, v in averaged.state_dict().items()}
-            checkpoint()
-            last_save = time.monotonic()
-            if group.is_main:
+            if group.is_main:  # the line first: a resume drops lines past the checkpoint and redoes them
                 ckpt.append_metrics(out, {
                     "epoch": epoch, "step": step,
                     **{f"train_{k}": v for k, v in train_terms.items()},
@@ -332,6 +336,8 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
                     "train_seconds": train_seconds, "images_per_second": (n - first * bs) / train_seconds,
                     "seconds": time.perf_counter() - t0,
                 })
+            checkpoint()
+            last_save = time.monotonic()
             bar.set_postfix(loss=f"{train_terms['neg_elbo']:.2f}", val=f"{val_terms['neg_elbo']:.2f}", refresh=False)
             if signum:  # the signal came in the epoch's last step: stop now that the epoch is saved
                 bar.close()
