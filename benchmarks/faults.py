@@ -76,7 +76,9 @@ ERROR_PREFIX = "vaekit: error:"
 #                   nan:K           the images of training step K (counted in this process) are NaN
 #                   kill:pictures   SIGKILL when the final pictures are drawn
 #                   term:pictures   SIGTERM to itself when the final pictures are drawn
-#                   kill:metrics:E  SIGKILL just before epoch E's line is appended to metrics.jsonl
+#                   kill:before-metrics:E, kill:after-metrics:E
+#                                   SIGKILL just before / just after epoch E's line is appended to
+#                                   metrics.jsonl (the epoch's checkpoint is written next to it)
 PROBE = r"""
 import builtins, errno, importlib, mmap, os, signal, struct, sys, tempfile
 import vaekit.checkpoint as ckpt, vaekit.cli, vaekit.plots
@@ -147,12 +149,14 @@ elif spec[0] in ("kill", "term") and spec[1] == "pictures":
         os.kill(os.getpid(), signal.SIGKILL if spec[0] == "kill" else signal.SIGTERM)
         return real_pictures(*args, **kwargs)
     vaekit.plots.run_pictures = run_pictures
-elif spec[0] == "kill" and spec[1] == "metrics":
+elif spec[0] == "kill" and spec[1] in ("before-metrics", "after-metrics"):
     real_append = ckpt.append_metrics
     def append_metrics(folder, record):
-        if record["epoch"] == int(spec[2]):
+        if record["epoch"] == int(spec[2]) and spec[1] == "before-metrics":
             os.kill(os.getpid(), signal.SIGKILL)
         real_append(folder, record)
+        if record["epoch"] == int(spec[2]) and spec[1] == "after-metrics":
+            os.kill(os.getpid(), signal.SIGKILL)
     ckpt.append_metrics = append_metrics
 
 sys.exit(vaekit.cli.main(sys.argv[1:]))
@@ -388,7 +392,7 @@ def kill_rows(b: Bench, kills: int) -> list[Row]:
     row = Row(f"kill -9 at {kills} random points",
               f"`vaekit train --resume RUN` then completes: weights, best weights, optimizer equal the "
               f"uninterrupted run bit for bit, metrics.jsonl epochs 1..{b.epochs} once each, pictures "
-              f"written; lost: at most the steps since the last checkpoint")
+              f"written, no temporary left; lost: at most the steps since the last checkpoint")
     rng = random.Random(b.seed)
     delays = [rng.uniform(0, b.train_seconds) for _ in range(kills)]
     details, lost, stale, codes = [], [], 0, []
@@ -413,6 +417,7 @@ def kill_rows(b: Bench, kills: int) -> list[Row]:
         sub.check("Traceback" not in done.err, "traceback")
         if done.code == 0:
             b.same_run(out, sub, "resume")
+        sub.check(not temporaries(out), f"temporaries left after the resume: {temporaries(out)}")
         sub.check(0 <= reached - saved <= b.total_steps // b.epochs,
                   f"{reached - saved} steps lost: more than an epoch (a checkpoint is due at least every epoch)")
         where = ("after training (validation, pictures)" if reached == b.total_steps
@@ -423,8 +428,8 @@ def kill_rows(b: Bench, kills: int) -> list[Row]:
     row.status = f"killed (SIGKILL); resume exit {'/'.join(map(str, sorted(set(codes))))} ({codes.count(0)}/{kills})"
     row.stderr = "— (nothing can be said after SIGKILL); the resume writes nothing on stderr"
     row.lost = f"max {max(lost)} steps, mean {sum(lost) / len(lost):.1f} (of {b.total_steps})"
-    if stale:  # not data lost, but garbage: reported, not failed
-        row.lost += f"; note: {stale} kill(s) inside a write left a stale hidden .tmp that the resume does not remove"
+    if stale:
+        row.lost += f"; {stale} kill(s) inside a write left a hidden .tmp, removed by the resume"
     b.kill_details = details
     return [row]
 
@@ -491,9 +496,10 @@ def disk_full_rows(b: Bench, mount: bool) -> list[Row]:
     ]
     for name, allowed, where in cases:
         out = b.work / f"full-{name.split('.')[0]}"
+        promise = "the last checkpoint is intact" if name == "metrics.jsonl" else "the previous version of it is intact"
         row = Row(f"disk full (ENOSPC injected) at {where}",
-                  "exit 2; one line `could not write FILE: No space left on device; the previous version of it "
-                  "is intact`; no temporary left; resume (space again) bit-identical")
+                  f"exit 2; one line `could not write FILE: No space left on device; {promise}`; no temporary "
+                  "left; resume (space again) bit-identical")
         done, reached = b.probe(out, f"enospc:{name}:{allowed}")
         saved = checkpoint_step(out)
         row.status, row.stderr, row.lost = str(done.code), done.first_err, f"{reached - saved} steps"
@@ -510,8 +516,9 @@ def disk_full_checks(row: Row, done: Done, out: Path) -> None:
     row.check(done.code == 2, f"exit {done.code}")
     row.check(len(done.err.strip().splitlines()) == 1 and "Traceback" not in done.err,
               f"stderr: {done.err.strip()[-300:]}")
-    row.check(done.first_err.startswith(f"{ERROR_PREFIX} could not write")
-              and done.first_err.endswith("No space left on device; the previous version of it is intact"),
+    # metrics.jsonl is appended to, not replaced: there the promise is about the checkpoint
+    row.check(re.fullmatch(rf"{ERROR_PREFIX} could not write \S+: No space left on device; "
+                           r"the (previous version of it|last checkpoint) is intact", done.first_err) is not None,
               "not the disk-full message")
     row.check(not temporaries(out), f"temporaries left: {temporaries(out)}")
     if (out / "last.safetensors").is_file():
@@ -605,7 +612,8 @@ def non_finite_rows(b: Bench) -> list[Row]:
 
 def targeted_kill_rows(b: Bench) -> list[Row]:
     rows = []
-    for inject, fault in (("kill:metrics:2", "kill -9 between epoch 2's checkpoint and its metrics.jsonl line"),
+    for inject, fault in (("kill:before-metrics:2", "kill -9 just before epoch 2's metrics.jsonl line is appended"),
+                          ("kill:after-metrics:2", "kill -9 just after epoch 2's metrics.jsonl line is appended"),
                           ("kill:pictures", "kill -9 while the final pictures are drawn"),
                           ("term:pictures", "SIGTERM while the final pictures are drawn")):
         out = b.work / inject.replace(":", "-")
