@@ -2,9 +2,7 @@
 
 The subprocess versions (kill -9 at random points, real signals, a real full filesystem) are in
 benchmarks/faults.py; SIGTERM and kill -9 resumes are also in test_train.py, damaged data files in
-test_data.py, downloads in test_download.py. Tests marked xfail(strict=True) pin down known library
-bugs: each fails today, and turns into an error (XPASS) once the bug is fixed, so that the marker
-gets removed.
+test_data.py, downloads in test_download.py.
 """
 
 from __future__ import annotations
@@ -181,14 +179,11 @@ def test_exploding_learning_rate_names_epoch_step_and_term(tmp_path, capsys):
     assert re.search(NON_FINITE, err).group(2) == "1"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: train._non_finite always says 'the last good checkpoint is kept', "
-                                       "also when the loss blew up before the first checkpoint was written")
 def test_non_finite_before_any_checkpoint_does_not_claim_one(tmp_path, capsys):
     run = tmp_path / "run"
     code, err = cli(capsys, "train", *TINY_ARGS, "--epochs", "1", "--lr", "1e6", "--out", run)
     assert code == 2 and not (run / "last.safetensors").exists()
-    assert "checkpoint is kept" not in err
+    assert "checkpoint is kept" not in err and "no checkpoint had been written yet" in err
 
 
 def test_nan_mid_run_keeps_the_last_good_checkpoint(reference_2_epochs, tmp_path, capsys, monkeypatch):
@@ -336,13 +331,13 @@ def test_binary_config_is_a_clear_error(tiny_run, tmp_path):
         vaekit.load(run)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: config.from_dict checks field names but not types; a string latent_dim "
-                          "reaches torch as a TypeError")
 def test_config_field_of_the_wrong_type_is_a_clear_error(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
     edit_config(run, lambda d: d["model"].update(latent_dim="four"))
-    with pytest.raises(VaekitError):
+    with pytest.raises(VaekitError, match=r"ModelConfig.latent_dim = 'four' is not a valid value \(expected int\)"):
+        vaekit.load(run)
+    edit_config(run, lambda d: d["model"].update(latent_dim=4, likelihood="poisson"))
+    with pytest.raises(VaekitError, match="expected one of bernoulli, gaussian"):
         vaekit.load(run)
 
 
@@ -424,9 +419,6 @@ def test_stop_between_checkpoint_and_metrics_line_keeps_every_epoch(reference_2_
     assert epochs(run) == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: a run stopped while drawing its final pictures is 'finished' for "
-                                       "--resume, which returns early and never draws them")
 def test_stop_while_drawing_pictures_is_repaired_by_resume(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -184,6 +184,15 @@ def save_resume_point(
     save_tensors(folder / LAST, tensors, metadata={"train_state": json.dumps(meta)})
 
 
+def saved_step(folder: Path) -> int | None:
+    """The optimisation step the resume point in `folder` was written at (None if unreadable)."""
+    try:
+        _, metadata = load_tensors(Path(folder) / LAST)
+        return int(json.loads(metadata["train_state"])["step"])
+    except (VaekitError, KeyError, ValueError, TypeError):
+        return None
+
+
 def load_resume_point(
     folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:

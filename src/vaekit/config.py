@@ -7,6 +7,8 @@ A field's `metadata` may carry `help` and `choices`.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -96,12 +98,34 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's type hint (int for float is fine; bool is not a number)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_fits, value, args))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
 def from_dict(cls: type[C], d: dict) -> C:
-    """Build a config from a JSON dict; unknown keys are an error (a config from another version)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+    """Build a config from a JSON dict; unknown keys, values of the wrong type and values outside a
+    field's choices are errors (a config from another version, or edited by hand)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
     if unknown:
         raise VaekitError(f"{cls.__name__} has no field(s) {sorted(unknown)}: written by another vaekit version?")
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        choices = fields[name].metadata.get("choices")
+        if not _fits(value, hints[name]) or (choices and value not in choices):
+            hint = hints[name]
+            expected = f"one of {', '.join(choices)}" if choices else hint.__name__ if isinstance(hint, type) else hint
+            raise VaekitError(f"{cls.__name__}.{name} = {value!r} is not a valid value (expected {expected})")
     kwargs = dict(d)
     if "image_shape" in kwargs:
         kwargs["image_shape"] = tuple(kwargs["image_shape"])

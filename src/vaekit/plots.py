@@ -114,8 +114,13 @@ def curves_figure(path: Path, metrics: list[dict]) -> None:
     _save_figure(path, fig)
 
 
+def picture_names(conditional: bool) -> tuple[str, ...]:
+    """The files run_pictures writes."""
+    return ("samples.png", "reconstructions.png", "latent.png") + (("analogy.png",) if conditional else ()) + ("curves.png",)
+
+
 def run_pictures(out: Path, model, test, seed: int) -> None:
-    """samples.png, reconstructions.png, latent.png and curves.png of a trained run; test: DeviceData."""
+    """The picture_names() of a trained run; test: DeviceData."""
     device = test.x.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)

@@ -155,9 +155,13 @@ def _non_finite(history: torch.Tensor, epoch: int, first_step: int, out: Path) -
     """Name the first step and term that went non-finite; history rows: (recon, kl, grad norm)."""
     row, col = (int(v) for v in (~torch.isfinite(history)).nonzero()[0])
     term = ("the reconstruction term", "the KL term", "a gradient")[col]
+    if (out / ckpt.LAST).is_file():
+        saved = f"the last good checkpoint (step {ckpt.saved_step(out)}) is kept in {out}"
+    else:
+        saved = "no checkpoint had been written yet"
     return VaekitError(
-        f"{term} became non-finite in epoch {epoch}, step {first_step + row + 1}; the last good checkpoint "
-        f"is kept in {out}; try a lower --lr (or --detect-anomaly to find the operation)"
+        f"{term} became non-finite in epoch {epoch}, step {first_step + row + 1}; {saved}; "
+        "try a lower --lr (or --detect-anomaly to find the operation)"
     )
 
 
@@ -250,6 +254,11 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
         if epoch >= train_cfg.epochs:
             if group.is_main:
                 print(f"{out} has finished all {train_cfg.epochs} epochs; pass a larger --epochs to train longer")
+                from .plots import picture_names
+
+                if pictures and not all((out / name).is_file() for name in picture_names(model.conditional)):
+                    model.load_state_dict(best)  # stopped while drawing them: draw them now
+                    _draw_pictures(out, model.eval(), dataset, data_cfg, mode, device)
             return out
     elif group.is_main:
         if resume:  # killed before its first checkpoint: nothing was saved, start again
@@ -346,7 +355,11 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
     model.load_state_dict(best)
     model.eval()
     if pictures and group.is_main:
-        from .plots import run_pictures
-
-        run_pictures(out, model, test_targets(dataset.test, data_cfg.split_seed, mode, device), data_cfg.split_seed)
+        _draw_pictures(out, model, dataset, data_cfg, mode, device)
     return out
+
+
+def _draw_pictures(out: Path, model: VAE, dataset, data_cfg: DataConfig, mode: str, device: torch.device) -> None:
+    from . import plots  # matplotlib is imported only when pictures are drawn
+
+    plots.run_pictures(out, model, test_targets(dataset.test, data_cfg.split_seed, mode, device), data_cfg.split_seed)
