@@ -83,6 +83,41 @@ def test_conditional_sampling_checks_labels():
         VAE(ModelConfig(image_shape=(1, 8, 8))).sample(2, labels=1)
 
 
+def test_class_prior_is_a_gaussian_per_class_used_by_objective_and_sampling():
+    torch.manual_seed(0)
+    cvae = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=3, latent_dim=2))
+    with torch.no_grad():
+        cvae.class_prior_loc.copy_(torch.tensor([[0.0, 0.0], [5.0, -5.0], [0.0, 9.0]]))
+        cvae.class_prior_log_scale.copy_(torch.log(torch.tensor([[1.0, 1.0], [0.1, 0.1], [2.0, 0.5]])))
+    c = torch.tensor([1, 2])
+    prior = cvae.prior(c)
+    assert torch.equal(prior.mean, cvae.class_prior_loc[c]) and torch.allclose(prior.stddev, torch.tensor([[0.1, 0.1], [2.0, 0.5]]))
+    # The KL term of the ELBO is KL(q(z|x,c) || p(z|c)) for each image's own class, in closed form.
+    x = torch.rand(2, 1, 8, 8).bernoulli()
+    q = cvae.posterior(x, c)
+    loc, scale = q.mean, q.stddev
+    ploc, pscale = cvae.class_prior_loc[c], cvae.class_prior_log_scale[c].exp()
+    closed = (torch.log(pscale / scale) + (scale**2 + (loc - ploc) ** 2) / (2 * pscale**2) - 0.5).sum(-1)
+    assert torch.allclose(elbo(cvae, x, c)["kl"], closed, rtol=1e-5)
+    # Samples for class 1 are decoded from z ~ N((5, -5), 0.1^2 I).
+    seen = []
+    decode = cvae.likelihood
+    cvae.likelihood = lambda z, c: seen.append(z) or decode(z, c)
+    cvae.sample(2000, labels=1)
+    z = seen[0]
+    assert z.shape == (2000, 2)
+    assert torch.allclose(z.mean(0), torch.tensor([5.0, -5.0]), atol=0.02) and torch.allclose(z.std(0), torch.full((2,), 0.1), rtol=0.1)
+    with pytest.raises(VaekitError, match="needs labels"):
+        cvae.prior()
+
+
+def test_without_class_prior_the_cvae_prior_is_standard_normal():
+    cvae = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=3, latent_dim=2, class_prior=False))
+    assert not any("class_prior" in name for name, _ in cvae.named_parameters())
+    prior = cvae.prior(torch.tensor([1, 2]))
+    assert torch.equal(prior.mean, torch.zeros(2)) and torch.equal(prior.stddev, torch.ones(2))
+
+
 def test_cvae_needs_classes():
     with pytest.raises(VaekitError, match="labelled"):
         VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=0))

@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
+import time
 import tempfile
 from pathlib import Path
 
@@ -419,15 +421,20 @@ def test_stop_between_checkpoint_and_metrics_line_keeps_every_epoch(reference_2_
     assert epochs(run) == [1, 2]
 
 
-def test_stop_while_drawing_pictures_is_repaired_by_resume(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_while_drawing_pictures_is_repaired_by_resume(signum, tmp_path, capsys, monkeypatch):
+    """A signal after training, while the pictures are drawn: one line and 128 + signal; resume draws them."""
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises before this ends
 
-    run = tmp_path / "run"
+    run, handler = tmp_path / "run", signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as m:
         m.setattr(vaekit.plots, "run_pictures", interrupted)
-        code, _ = cli(capsys, "train", *TINY_ARGS, "--epochs", "1", "--out", run)
-    assert code == 130
+        code, err = cli(capsys, "train", *TINY_ARGS, "--epochs", "1", "--out", run)
+    assert code == 128 + signum
+    assert len(err.strip().splitlines()) == 1 and f"vaekit: interrupted by {signum.name}" in err, err
+    assert signal.getsignal(signal.SIGTERM) is handler  # the CLI put the handler back
     code, err = cli(capsys, "train", "--resume", run)
     assert code == 0, err
     assert all((run / name).is_file() for name in PICTURES)

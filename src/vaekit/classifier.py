@@ -24,19 +24,21 @@ WEIGHTS, REPORT = "classifier.safetensors", "classifier.json"
 
 
 class Classifier(nn.Module):
-    """x: (B, C, H, W) in [0, 1] -> class logits (B, K). Two conv blocks, global average pooling."""
+    """x: (B, C, H, W) in [0, 1] -> class logits (B, K). Two conv + max-pool blocks, then a dense
+    layer: about 4M multiply-adds per 28x28 image, ~91% on Fashion-MNIST in a few epochs."""
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, width: int = 32):
         super().__init__()
-        c = image_shape[0]
+        c, h, w = image_shape
         self.features = nn.Sequential(
-            nn.Conv2d(c, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(c, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
         )
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(2 * width, num_classes))
+        self.head = nn.Sequential(
+            nn.Dropout(0.25), nn.Linear(2 * width * (h // 4) * (w // 4), 128), nn.ReLU(),
+            nn.Dropout(0.25), nn.Linear(128, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -63,8 +65,8 @@ def train_classifier(
         classifier = Classifier(dataset.image_shape, dataset.num_classes).to(device)
     x, y = dataset.train.to_float().to(device), dataset.train.y.to(device)
     xv, yv = dataset.val.to_float().to(device), dataset.val.y.to(device)
-    # About 40k images' worth of steps at least, fewer passes for big datasets.
-    epochs = epochs or max(3, min(60, math.ceil(40_000 / len(x))))
+    # About 300k images' worth of steps: 60 passes over digits, 6 over Fashion-MNIST.
+    epochs = epochs or max(5, min(60, math.ceil(300_000 / len(x))))
     optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * math.ceil(len(x) / 128))
     best_acc, best = -1.0, None

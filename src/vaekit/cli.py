@@ -9,14 +9,16 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 import warnings
 from pathlib import Path
 
 from .config import DataConfig, ModelConfig, TrainConfig
-from .errors import VaekitError
+from .errors import Terminated, VaekitError
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,7 +37,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         if isinstance(kind, types.UnionType):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is bool:
-            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true",
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=f.metadata["help"])
             continue
         group.add_argument(
@@ -204,14 +206,27 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"vaekit: warning: {message}", file=sys.stderr)
 
 
+def _terminate(signum: int, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    # SIGTERM (kill, a job scheduler) stops like Ctrl-C: one line, not a silent death. The training
+    # loop installs its own handler, which checkpoints first.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return COMMANDS[args.command](args)
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("vaekit: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
+        print(f"vaekit: interrupted by {name}; files are replaced whole, never half-written "
+              "(`vaekit train --resume RUN` finishes a stopped training run)", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -49,6 +49,7 @@ class ModelConfig:
         "bernoulli", "bernoulli (BCE, binary pixels) or gaussian (MSE, fixed sigma)", ("bernoulli", "gaussian")
     )
     sigma: float = _opt(0.1, "standard deviation of the Gaussian likelihood")
+    class_prior: bool = _opt(True, "cvae: a learned Gaussian prior p(z|c) per class (--no-class-prior: p(z) = N(0, I))")
     # Filled in from the data, not from flags.
     image_shape: tuple[int, int, int] = (1, 8, 8)
     num_classes: int = 0

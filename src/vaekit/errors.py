@@ -7,3 +7,7 @@ it propagate. Everything else is a bug and keeps its traceback.
 
 class VaekitError(Exception):
     """A user-caused problem; the message names the problem and what to do about it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived outside the training loop (which checkpoints first); the CLI exits 143."""

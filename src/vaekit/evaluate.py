@@ -60,7 +60,7 @@ def evaluate(
             c = yb if model.conditional else None
             posterior = model.posterior(xb, c)
             s = importance_samples(model, xb, c, num_samples=iw_samples, chunk=sample_chunk)
-            kl_d = kl_divergence(posterior.base_dist, model.prior().base_dist)  # (B, D)
+            kl_d = kl_divergence(posterior.base_dist, model.prior(c).base_dist)  # (B, D)
             recon.append(-s["log_likelihood"].mean(0))
             kl.append(kl_d.sum(-1))
             kl_dims.append(kl_d)

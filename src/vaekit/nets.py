@@ -9,8 +9,11 @@ Conv body: a 3x3 conv, then stride-2 4x4 convs that halve H and W while both sta
 mirrors it with transposed convs. MLP body: flatten, as in the classic 784-400-20 VAE.
 
 Conditioning: the one-hot label is concatenated to the flattened image features (encoder) and to z
-(decoder). A class is a global property of the image, so it enters where the network is global;
-this costs K inputs instead of K extra image channels at full resolution.
+(decoder), and the conv decoder also adds a learned per-class bias to the input of each of its conv
+stages. That bias is what concatenating K constant one-hot channels before each conv would give
+(a constant channel through a conv is a constant, away from the border), at the cost of K x channels
+weights per stage instead of K more input channels at every pixel. Without it the decoder can
+learn to read the class from z alone, and samples z ~ p(z) drawn "as a trouser" come out as shirts.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ def num_downsamples(height: int, width: int, max_down: int = 3) -> int:
     return n
 
 
-def conv_bodies(image_shape: tuple[int, int, int], width: int) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
-    """(encoder body: image -> features, decoder body: features -> image, feature shape)."""
+def conv_bodies(image_shape: tuple[int, int, int], width: int) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:
+    """(encoder body: image -> features, decoder stages: features -> image, feature shape)."""
     c, h, w = image_shape
     n = num_downsamples(h, w)
     enc: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1), Act()]
@@ -43,10 +46,10 @@ def conv_bodies(image_shape: tuple[int, int, int], width: int) -> tuple[nn.Modul
     ch = width
     for _ in range(n):
         enc += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), Act()]
-        dec = [nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1), Act(), *dec]
+        dec = [nn.Sequential(nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1), Act()), *dec]
         ch *= 2
     feature_shape = (ch, h >> n, w >> n)
-    return nn.Sequential(*enc, nn.Flatten()), nn.Sequential(nn.Unflatten(1, feature_shape), *dec), feature_shape
+    return nn.Sequential(*enc, nn.Flatten()), dec, feature_shape
 
 
 class Encoder(nn.Module):
@@ -67,18 +70,36 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z: (B, D), onehot: (B, K) or None -> per-pixel parameters (B, C, H, W)."""
+    """z: (B, D), onehot: (B, K) or None -> per-pixel parameters (B, C, H, W).
 
-    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, hidden: int, latent_dim: int, conv: bool):
+    stages: modules applied in turn to the (B, ch, h, w) features; with classes, each stage's input
+    gets a per-class bias (the conv stages; an MLP has one stage, the reshape, and no bias)."""
+
+    def __init__(self, stages: list[nn.Module], feature_shape: tuple[int, ...], num_classes: int, hidden: int,
+                 latent_dim: int, conv: bool):
         super().__init__()
+        feature_dim = math.prod(feature_shape)
         self.fc = nn.Linear(latent_dim + num_classes, hidden)
         self.to_features = nn.Sequential(nn.Linear(hidden, feature_dim), *([Act()] if conv else []))
-        self.body = body
+        self.unflatten = nn.Unflatten(1, feature_shape)
+        self.stages = nn.ModuleList(stages)
+        channels = [stage_in_channels(s) for s in stages] if conv and num_classes else []
+        self.class_bias = nn.ModuleList(nn.Linear(num_classes, ch, bias=False) for ch in channels)
 
     def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
         if onehot is not None:
             z = torch.cat([z, onehot], dim=-1)
-        return self.body(self.to_features(F.silu(self.fc(z))))
+        h = self.unflatten(self.to_features(F.silu(self.fc(z))))
+        for i, stage in enumerate(self.stages):
+            if onehot is not None and self.class_bias:
+                h = h + self.class_bias[i](onehot)[:, :, None, None]
+            h = stage(h)
+        return h
+
+
+def stage_in_channels(stage: nn.Module) -> int:
+    first = stage[0] if isinstance(stage, nn.Sequential) else stage
+    return first.in_channels
 
 
 def make_networks(cfg: ModelConfig) -> tuple[Encoder, Decoder]:
@@ -88,12 +109,11 @@ def make_networks(cfg: ModelConfig) -> tuple[Encoder, Decoder]:
         raise VaekitError(f"images of shape {cfg.image_shape} are too small: need at least 1x4x4")
     k = cfg.num_classes if cfg.model == "cvae" else 0
     if cfg.arch == "conv":
-        enc_body, dec_body, feature_shape = conv_bodies(cfg.image_shape, cfg.width)
+        enc_body, dec_stages, feature_shape = conv_bodies(cfg.image_shape, cfg.width)
     elif cfg.arch == "mlp":
-        enc_body, dec_body, feature_shape = nn.Flatten(), nn.Unflatten(1, cfg.image_shape), cfg.image_shape
+        enc_body, dec_stages, feature_shape = nn.Flatten(), [], cfg.image_shape
     else:
         raise VaekitError(f"unknown architecture '{cfg.arch}': use conv or mlp")
-    feature_dim = math.prod(feature_shape)
-    encoder = Encoder(enc_body, feature_dim, k, cfg.hidden, cfg.latent_dim)
-    decoder = Decoder(dec_body, feature_dim, k, cfg.hidden, cfg.latent_dim, conv=cfg.arch == "conv")
+    encoder = Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, cfg.latent_dim)
+    decoder = Decoder(dec_stages, feature_shape, k, cfg.hidden, cfg.latent_dim, conv=cfg.arch == "conv")
     return encoder, decoder

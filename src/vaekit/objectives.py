@@ -1,4 +1,4 @@
-"""Objectives, generic over any model exposing posterior(x, c), prior(), likelihood(z, c).
+"""Objectives, generic over any model exposing posterior(x, c), prior(c), likelihood(z, c).
 
 Convention (one, everywhere): log-densities are summed over pixels and latent dimensions, giving
 one number per image in nats; losses are averaged over the images of a batch.
@@ -20,7 +20,7 @@ from torch.distributions import Distribution, kl_divergence
 
 class LatentVariableModel(Protocol):
     def posterior(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution: ...
-    def prior(self) -> Distribution: ...
+    def prior(self, c: torch.Tensor | None = None) -> Distribution: ...
     def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution: ...
 
 
@@ -42,7 +42,7 @@ def elbo(
     posterior = model.posterior(x, c)
     z = posterior.rsample()  # reparameterized: z = loc + scale * eps, eps ~ N(0, I)
     recon = -model.likelihood(z, c).log_prob(x)
-    kl_per_dim = kl_divergence(posterior.base_dist, model.prior().base_dist)  # (B, D)
+    kl_per_dim = kl_divergence(posterior.base_dist, model.prior(c).base_dist)  # (B, D)
     kl = kl_per_dim.sum(-1)
     if free_bits > 0:
         kl_term = kl_per_dim.mean(0).clamp(min=free_bits).sum()
@@ -63,12 +63,12 @@ def importance_samples(
     """K samples z_k ~ q(z|x) per image; returns (K, B) tensors
 
         log_likelihood = log p(x|z_k)
-        log_weights    = log p(x|z_k) + log p(z_k) - log q(z_k|x)
+        log_weights    = log p(x|z_k) + log p(z_k) - log q(z_k|x)    (given c: p(x|z_k,c), p(z_k|c), q(z_k|x,c))
 
     Samples are drawn `chunk` at a time so memory grows with chunk * B, not K * B.
     """
     posterior = model.posterior(x, c)
-    prior = model.prior()
+    prior = model.prior(c)
     chunk = chunk or num_samples
     log_lik, log_w = [], []
     for start in range(0, num_samples, chunk):

@@ -29,7 +29,7 @@ from . import distributed
 from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs
 from .data import DeviceData, binarization, fixed_targets, load_dataset, test_targets, training_targets
 from .data import VAL_SEED_OFFSET
-from .errors import VaekitError
+from .errors import Terminated, VaekitError
 from .models import VAE
 
 
@@ -135,7 +135,7 @@ class StopOnSignal:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.signum = signum
 
     def __exit__(self, *exc) -> None:

@@ -1,11 +1,16 @@
 """The VAE and the conditional VAE (Kingma & Welling 2014; Sohn et al. 2015).
 
     inference:   q(z | x[, c]) = N(loc(x, c), diag(scale(x, c)^2))
-    prior:       p(z) = N(0, I)
+    prior:       p(z) = N(0, I);  CVAE: p(z | c) = N(m_c, diag(s_c^2)), learned per class
     generative:  p(x | z[, c]) = Bernoulli(sigmoid(logits(z, c)))  or  N(mean(z, c), sigma^2 I)
     objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z))   (objectives.elbo)
 
 With cfg.model == "cvae" the class label c in {0..K-1} enters both networks as a one-hot vector.
+The CVAE's prior is a learned Gaussian per class (cfg.class_prior; it starts as N(0, I)): the
+encoder still puts some class information in z (digits of one style, coats of one shape), so the
+region of latent space that codes class c is not all of N(0, I), and a z ~ N(0, I) decoded as
+"trouser" can come out as a shirt. Sampling z ~ p(z|c) draws from where class c's codes live.
+KL(q(z|x,c) || p(z|c)) stays closed form.
 A beta-VAE is the same model trained with beta != 1 (a parameter of the objective, not a class).
 """
 
@@ -33,6 +38,9 @@ class VAE(nn.Module):
         # Non-persistent buffers: they follow .to(device) but are not saved in checkpoints.
         self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(cfg.latent_dim), persistent=False)
+        if cfg.model == "cvae" and cfg.class_prior:  # p(z|c): one row per class, (K, D)
+            self.class_prior_loc = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
+            self.class_prior_log_scale = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
 
     @property
     def conditional(self) -> bool:
@@ -50,8 +58,13 @@ class VAE(nn.Module):
         loc, scale = self.encoder(x, self._onehot(c))
         return diagonal_gaussian(loc, scale)
 
-    # ---- generative: p(z) and p(x | z, c)
-    def prior(self) -> Independent:
+    # ---- generative: p(z[|c]) and p(x | z, c)
+    def prior(self, c: torch.Tensor | None = None) -> Independent:
+        """N(0, I) (event shape (D,)); with a class prior, p(z|c) for labels c: (B,) (batch shape (B,))."""
+        if self.conditional and self.cfg.class_prior:
+            if c is None:
+                raise VaekitError("this conditional VAE has a prior per class: p(z|c) needs labels c")
+            return diagonal_gaussian(self.class_prior_loc[c], self.class_prior_log_scale[c].exp())
         return diagonal_gaussian(self.prior_loc, self.prior_scale)
 
     def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
@@ -70,7 +83,7 @@ class VAE(nn.Module):
     # ---- uses
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
-        """n images E[x|z], z ~ p(z): (n, C, H, W) in [0, 1]. A CVAE needs `labels` (one int or n ints)."""
+        """n images E[x|z,c], z ~ p(z[|c]): (n, C, H, W) in [0, 1]. A CVAE needs `labels` (one int or n ints)."""
         device = self.prior_loc.device
         c = None
         if labels is not None:
@@ -84,7 +97,8 @@ class VAE(nn.Module):
                 raise VaekitError(f"labels must be in 0..{self.cfg.num_classes - 1}")
         elif self.conditional:
             raise VaekitError("a conditional VAE needs labels to sample (e.g. --label 7)")
-        z = self.prior().sample((n,))
+        prior = self.prior(c)
+        z = prior.sample(() if prior.batch_shape else (n,))  # (n, D)
         return likelihood_mean(self.likelihood(z, c))
 
     @torch.no_grad()
