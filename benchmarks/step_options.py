@@ -98,16 +98,20 @@ def main() -> None:
     ]
     variants = [v for v in variants if v.name not in args.skip]
     generator = torch.Generator().manual_seed(0)
-    n = min(len(data), args.steps * args.batch_size)
+    n = args.steps * args.batch_size
+
+    def order() -> torch.Tensor:  # whole shuffled epochs, cut to n examples
+        return torch.cat([torch.randperm(len(data), generator=generator) for _ in range(-(-n // len(data)))])[:n]
+
     for v in variants:  # warm-up (and compilation) outside the timed rounds
         start = time.perf_counter()
-        v.run(data, torch.randperm(len(data), generator=generator)[: 3 * args.batch_size], args.batch_size)
+        v.run(data, order()[: 3 * args.batch_size], args.batch_size)
         v.compile_seconds = time.perf_counter() - start
     speeds: dict[str, list[float]] = {v.name: [] for v in variants}
     for _ in range(args.rounds):
-        order = torch.randperm(len(data), generator=generator)[:n]
+        batches = order()
         for v in variants:
-            speeds[v.name].append(v.run(data, order, args.batch_size))
+            speeds[v.name].append(v.run(data, batches, args.batch_size))
     base = statistics.median(speeds["default"])
     params = sum(p.numel() for p in variants[0].model.parameters())
     print(f"\n{args.dataset}, {args.arch} VAE ({params:,} parameters), batch {args.batch_size}, {n // args.batch_size} "
