@@ -61,6 +61,8 @@ def test_conditional_run(cvae_run, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "evaluate", cvae_run, "--iw-samples", "5", "--samples-per-class", "20", "--json")
     report = json.loads(out)
     assert code == 0 and 0 <= report["conditional_accuracy"] <= 1 and report["classifier_accuracy"] > 0.8
+    per_class = report["conditional_accuracy_per_class"]
+    assert len(per_class) == 10 and sum(per_class) / 10 == pytest.approx(report["conditional_accuracy"])
     assert (Path(cvae_run) / "classifier.safetensors").is_file()
 
 

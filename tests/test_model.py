@@ -128,7 +128,7 @@ def test_conditional_accuracy_on_a_fake_classifier_with_known_answers():
 
     from torch import nn
 
-    from vaekit.classifier import conditional_accuracy
+    from vaekit.classifier import conditional_accuracy, conditional_accuracy_per_class
 
     class FakeModel:  # "samples" whose pixels all equal the requested class
         cfg = SimpleNamespace(num_classes=4)
@@ -143,3 +143,4 @@ def test_conditional_accuracy_on_a_fake_classifier_with_known_answers():
             return nn.functional.one_hot(torch.where(c == 3, 0, c), 4).float()
 
     assert conditional_accuracy(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5) == pytest.approx(0.75)
+    assert conditional_accuracy_per_class(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5) == [1, 1, 1, 0]

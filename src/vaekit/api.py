@@ -101,11 +101,13 @@ def evaluate(
     result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch)
     result["dataset"] = data_cfg.dataset
     if model.conditional:  # nll is -log p(x|c); judge the class-conditional samples too
-        from .classifier import cached_classifier, conditional_accuracy
+        from .classifier import cached_classifier, conditional_accuracy_per_class
 
         classifier, result["classifier_accuracy"] = cached_classifier(Path(run), load_dataset(data_cfg), dev)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(0)
-            result["conditional_accuracy"] = conditional_accuracy(model, classifier, samples_per_class)
+            per_class = conditional_accuracy_per_class(model, classifier, samples_per_class)
+        result["conditional_accuracy"] = sum(per_class) / len(per_class)
+        result["conditional_accuracy_per_class"] = per_class
         result["samples_per_class"] = samples_per_class
     return result

@@ -1,6 +1,6 @@
 """A judge for conditional samples: a small CNN classifier trained on the real training images.
 
-conditional_accuracy = the fraction of samples x ~ p(x|z,c), z ~ p(z), that the classifier assigns
+conditional_accuracy = the fraction of samples x ~ p(x|z,c), z ~ p(z|c), that the classifier assigns
 to the requested class c. Compared with the classifier's accuracy on real test images, it says how
 recognisable the samples are. The classifier sees intensities in [0, 1]: real images as stored and
 samples as their means E[x|z,c] (Bernoulli probabilities), the same kind of picture.
@@ -111,11 +111,20 @@ def cached_classifier(run: Path, dataset: ImageDataset, device: torch.device) ->
 
 
 @torch.no_grad()
-def conditional_accuracy(model, classifier: Classifier, samples_per_class: int = 1000, batch_size: int = 2000) -> float:
-    """Fraction of class-conditional samples E[x|z,c], z ~ p(z), that the classifier labels c."""
+def conditional_accuracy_per_class(
+    model, classifier: Classifier, samples_per_class: int = 1000, batch_size: int = 2000
+) -> list[float]:
+    """For each class c, the fraction of samples E[x|z,c], z ~ p(z|c), that the classifier labels c."""
     k = model.cfg.num_classes
     labels = torch.arange(k, device=model.prior_loc.device).repeat_interleave(samples_per_class)
-    correct = 0
+    correct = torch.zeros(k, dtype=torch.long, device=labels.device)
     for c in labels.split(batch_size):
-        correct += int((predict(classifier, model.sample(len(c), labels=c)) == c).sum())
-    return correct / len(labels)
+        hit = predict(classifier, model.sample(len(c), labels=c)) == c
+        correct += torch.bincount(c[hit], minlength=k)
+    return (correct.double() / samples_per_class).tolist()
+
+
+def conditional_accuracy(model, classifier: Classifier, samples_per_class: int = 1000, batch_size: int = 2000) -> float:
+    """Fraction of all class-conditional samples (samples_per_class of each class) labelled as their class."""
+    per_class = conditional_accuracy_per_class(model, classifier, samples_per_class, batch_size)
+    return sum(per_class) / len(per_class)

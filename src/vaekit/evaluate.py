@@ -94,4 +94,6 @@ def format_report(r: dict) -> str:
     for key in ("conditional_accuracy", "classifier_accuracy"):
         if key in r:
             lines.append(f"  {key.replace('_', ' '):15s} {r[key]:.4f}")
+    if "conditional_accuracy_per_class" in r:
+        lines.append("    per class      " + " ".join(f"{v:.2f}" for v in r["conditional_accuracy_per_class"]))
     return "\n".join(lines)
