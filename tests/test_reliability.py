@@ -429,9 +429,14 @@ def test_stop_while_drawing_pictures_is_repaired_by_resume(signum, tmp_path, cap
         time.sleep(5)  # the handler raises before this ends
 
     run, handler = tmp_path / "run", signal.getsignal(signal.SIGTERM)
-    with monkeypatch.context() as m:
-        m.setattr(vaekit.plots, "run_pictures", interrupted)
-        code, err = cli(capsys, "train", *TINY_ARGS, "--epochs", "1", "--out", run)
+    # Python's Ctrl-C handler, also where this test runs as a background job (which ignores SIGINT).
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(vaekit.plots, "run_pictures", interrupted)
+            code, err = cli(capsys, "train", *TINY_ARGS, "--epochs", "1", "--out", run)
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
     assert code == 128 + signum
     assert len(err.strip().splitlines()) == 1 and f"vaekit: interrupted by {signum.name}" in err, err
     assert signal.getsignal(signal.SIGTERM) is handler  # the CLI put the handler back

@@ -62,7 +62,7 @@ class LinearGaussian:
         loc = (x.flatten(1) - self.b) @ self.A.T + self.m
         return diagonal_gaussian(loc, self.scale.expand_as(loc))
 
-    def prior(self):
+    def prior(self, c=None):
         return standard_normal(self.W.shape[1])
 
     def likelihood(self, z: torch.Tensor, c=None):
