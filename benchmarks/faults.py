@@ -1,6 +1,6 @@
 """Fault injection against the real `vaekit` command: what is lost, and what the user is told.
 
-    python benchmarks/faults.py                 # every row, 20 kill -9 points (a few minutes on 2 cores)
+    python benchmarks/faults.py                 # every row, 20 kill -9 points (about 15 minutes on 2 cores)
     python benchmarks/faults.py --kills 5 --only kill,sigterm
 
 Every fault runs `python -m vaekit ...` in a subprocess, on a tiny conv VAE trained on the built-in
