@@ -3,7 +3,7 @@
     inference:   q(z | x[, c]) = N(loc(x, c), diag(scale(x, c)^2))
     prior:       p(z) = N(0, I);  CVAE: p(z | c) = N(m_c, diag(s_c^2)), learned per class
     generative:  p(x | z[, c]) = Bernoulli(sigmoid(logits(z, c)))  or  N(mean(z, c), sigma^2 I)
-    objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z))   (objectives.elbo)
+    objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z[|c]))   (objectives.elbo)
 
 With cfg.model == "cvae" the class label c in {0..K-1} enters both networks as a one-hot vector.
 The CVAE's prior is a learned Gaussian per class (cfg.class_prior; it starts as N(0, I)): the
