@@ -735,11 +735,14 @@ def corrupt_rows(b: Bench) -> list[Row]:
 
     case("config.json with an unknown field (another model)")(lambda: resume(run_copy("unknown", unknown_field)))
 
-    def cut_config(run):
-        text = (run / "config.json").read_bytes()
-        (run / "config.json").write_bytes(text[: len(text) // 2])
+    def cut(name: str, keep: float):
+        """A damage: keep only the first `keep` of run/name, as a crash or a copy cut short would."""
+        def damage(run):
+            data = (run / name).read_bytes()
+            (run / name).write_bytes(data[: int(len(data) * keep)])
+        return damage
 
-    case("config.json cut in half")(lambda: evaluate(run_copy("cutcfg", cut_config)))
+    case("config.json cut in half")(lambda: evaluate(run_copy("cutcfg", cut("config.json", 1 / 2))))
     case("config.json not text (binary garbage)")(lambda: evaluate(run_copy(
         "binarycfg", lambda r: (r / "config.json").write_bytes(b"\xff\xfe\x00\x01 garbage"))))
 
@@ -748,11 +751,7 @@ def corrupt_rows(b: Bench) -> list[Row]:
 
     case("config.json with a field of the wrong type")(lambda: sample(run_copy("typecfg", wrong_type)))
 
-    def cut_weights(run):
-        data = (run / "model.safetensors").read_bytes()
-        (run / "model.safetensors").write_bytes(data[: len(data) * 2 // 3])
-
-    case("model.safetensors truncated")(lambda: evaluate(run_copy("cutw", cut_weights)))
+    case("model.safetensors truncated")(lambda: evaluate(run_copy("cutw", cut("model.safetensors", 2 / 3))))
 
     def flip_header(run):
         data = bytearray((run / "model.safetensors").read_bytes())
@@ -788,11 +787,7 @@ def corrupt_rows(b: Bench) -> list[Row]:
 
     case("model.safetensors: dtype F32 changed to I32 in the header")(lambda: sample(run_copy("dtype", dtype_edit)))
 
-    def cut_last(run):
-        data = (run / "last.safetensors").read_bytes()
-        (run / "last.safetensors").write_bytes(data[: len(data) // 2])
-
-    case("last.safetensors truncated (`train --resume`)")(lambda: resume(run_copy("cutlast", cut_last)))
+    case("last.safetensors truncated (`train --resume`)")(lambda: resume(run_copy("cutlast", cut("last.safetensors", 1 / 2))))
     case("last.safetensors holds no training state")(lambda: resume(run_copy(
         "nostate", lambda r: shutil.copy(r / "model.safetensors", r / "last.safetensors"))))
 
