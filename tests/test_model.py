@@ -144,3 +144,45 @@ def test_conditional_accuracy_on_a_fake_classifier_with_known_answers():
 
     assert conditional_accuracy(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5) == pytest.approx(0.75)
     assert conditional_accuracy_per_class(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5) == [1, 1, 1, 0]
+
+
+def test_judge_blur_is_a_normalised_gaussian_per_image():
+    from vaekit.classifier import gaussian_blur
+
+    x = torch.zeros(3, 1, 15, 15)
+    x[:, :, 7, 7] = 1.0  # a point in the middle of each image
+    sigma = torch.tensor([1e-6, 0.5, 1.0])
+    y = gaussian_blur(x, sigma)
+    assert torch.allclose(y[0], x[0], atol=1e-6)  # sigma -> 0: the image itself
+    assert torch.allclose(y.sum(dim=(1, 2, 3)), torch.ones(3), atol=1e-5)  # mass is kept away from the edges
+    r = torch.arange(-3, 4, dtype=torch.float32)
+    for i, s in enumerate(sigma[1:], start=1):
+        g = torch.exp(-(r**2) / (2 * s**2))
+        g = g / g.sum()
+        assert torch.allclose(y[i, 0, 4:11, 4:11], g[:, None] * g[None, :], atol=1e-6)  # separable 2-D Gaussian
+    flat = torch.full((2, 3, 9, 9), 0.3)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([0.7, 1.0])), flat)  # edges replicated: a flat image stays flat
+
+
+def test_a_cached_judge_of_another_recipe_is_retrained(tmp_path, monkeypatch):
+    import json
+
+    from vaekit import classifier
+    from vaekit.data import DataConfig, load_dataset
+
+    dataset = load_dataset(DataConfig(dataset="digits"))
+    trained = []
+
+    def quick_train(ds, device):  # stands in for the real training: records that it ran
+        trained.append(1)
+        return classifier.Classifier(ds.image_shape, ds.num_classes), 0.5
+
+    monkeypatch.setattr(classifier, "train_classifier", quick_train)
+    classifier.cached_classifier(tmp_path, dataset, torch.device("cpu"))
+    report = json.loads((tmp_path / classifier.REPORT).read_text())
+    assert report["judge"] == classifier.JUDGE and len(trained) == 1
+    classifier.cached_classifier(tmp_path, dataset, torch.device("cpu"))
+    assert len(trained) == 1  # the same recipe: loaded from the cache
+    (tmp_path / classifier.REPORT).write_text(json.dumps({**report, "judge": "an older recipe"}))
+    classifier.cached_classifier(tmp_path, dataset, torch.device("cpu"))
+    assert len(trained) == 2 and json.loads((tmp_path / classifier.REPORT).read_text())["judge"] == classifier.JUDGE

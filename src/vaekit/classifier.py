@@ -6,9 +6,10 @@ recognisable the samples are. The classifier sees intensities in [0, 1]: real im
 samples as their means E[x|z,c] (Bernoulli probabilities), the same kind of picture.
 
 The judge is trained to ignore what is not the class: a shift of up to one pixel and a Gaussian blur
-of up to BLUR_SIGMA pixels. A VAE's E[x|z,c] averages over the images that z could have come from,
-so it is smooth; a judge trained on sharp images only reads smoothness as a class (it calls 1-pixel
-blurred real sandals sneakers and blurred shirts pullovers; BENCHMARKS.md §2 has the measurement).
+of up to BLUR_SIGMA pixels (of a 28x28 image; in proportion for other sizes). A VAE's E[x|z,c]
+averages over the images that z could have come from, so it is smooth; a judge trained on sharp
+images only reads smoothness as a class (it calls 1-pixel blurred real sandals sneakers and blurred
+shirts pullovers; benchmarks/judge.py measures it, BENCHMARKS.md §2 has the table).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from .data import ImageDataset, batches
 from .errors import VaekitError
 
 WEIGHTS, REPORT = "classifier.safetensors", "classifier.json"
-BLUR_SIGMA = 1.0  # the judge's training blur, in pixels: sigma ~ U(0, BLUR_SIGMA) per image
-JUDGE = "cnn2-shift1-blur1"  # names the judge's recipe in classifier.json; a cached judge of another recipe is retrained
+BLUR_SIGMA = 1.0  # the judge's largest training blur, in pixels of a 28x28 image (in proportion for other sizes)
+JUDGE = "cnn2-shift1-blur1at28"  # names the judge's recipe in classifier.json; a cached judge of another recipe is retrained
 
 
 class Classifier(nn.Module):
@@ -75,14 +76,18 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def train_classifier(
-    dataset: ImageDataset, device: torch.device, *, epochs: int | None = None, seed: int = 0
+    dataset: ImageDataset, device: torch.device, *, epochs: int | None = None, seed: int = 0,
+    blur_sigma: float = BLUR_SIGMA,
 ) -> tuple[Classifier, float]:
-    """Train on the training split (best epoch by validation accuracy); returns (classifier, test accuracy)."""
+    """Train on the training split (best epoch by validation accuracy); returns (classifier, test accuracy).
+    blur_sigma: the largest training blur in pixels of a 28x28 image, scaled to the image size
+    (0: none, the judge of benchmarks/judge.py's first row); each image gets sigma ~ U(0, that)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         classifier = Classifier(dataset.image_shape, dataset.num_classes).to(device)
     x, y = dataset.train.to_float().to(device), dataset.train.y.to(device)
+    blur_sigma = blur_sigma * min(dataset.image_shape[1:]) / 28  # 1 px at 28x28 is 0.29 px at 8x8
     xv, yv = dataset.val.to_float().to(device), dataset.val.y.to(device)
     # About 300k images' worth of steps: 60 passes over digits, 6 over Fashion-MNIST.
     epochs = epochs or max(5, min(60, math.ceil(300_000 / len(x))))
@@ -97,7 +102,8 @@ def train_classifier(
             # Augmentation (see the module docstring): shift by up to one pixel, blur by up to BLUR_SIGMA.
             shift = [int(s) for s in torch.randint(-1, 2, (2,), generator=gen)]
             xb = torch.roll(xb, shifts=shift, dims=(2, 3))
-            xb = gaussian_blur(xb, (torch.rand(len(xb), generator=gen) * BLUR_SIGMA).to(device))
+            if blur_sigma > 0:
+                xb = gaussian_blur(xb, (torch.rand(len(xb), generator=gen) * blur_sigma).to(device))
             loss = F.cross_entropy(classifier(xb), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

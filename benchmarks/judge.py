@@ -1,0 +1,71 @@
+"""How the judge of conditional samples reads blur: a judge trained on sharp images against
+vaekit's judge (trained with a Gaussian blur of up to 1 pixel), on real test images, on the same
+images blurred, and on a conditional VAE's samples.
+
+    python benchmarks/judge.py RUN [RUN ...]      # RUN: CVAE run folders of one dataset
+
+A VAE's sample E[x|z,c] averages over the images z could have come from, so it is smooth. If a
+judge calls a real sandal blurred by one pixel a sneaker, it measures sharpness, not the class.
+Prints a markdown table: accuracy per column, and for runs the ratio to the judge's accuracy on
+real test images (the issue's bar is >= 0.95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+import vaekit  # noqa: E402
+from vaekit import checkpoint as ckpt  # noqa: E402
+from vaekit.classifier import BLUR_SIGMA, accuracy, conditional_accuracy_per_class, gaussian_blur, train_classifier  # noqa: E402
+from vaekit.data import load_dataset  # noqa: E402
+
+BLURS = (0.5, 1.0, 1.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="CVAE run folders trained on the same data")
+    parser.add_argument("--samples-per-class", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    data_cfg, _, _ = ckpt.read_config(args.runs[0])
+    dataset = load_dataset(data_cfg)
+    x, y = dataset.test.to_float(), dataset.test.y
+    scale = min(dataset.image_shape[1:]) / 28  # blurs are given in pixels of a 28x28 image, as the judge's
+    models = [vaekit.load(run).eval() for run in args.runs]
+    cpu = torch.device("cpu")
+
+    rows = []
+    for name, sigma in [("sharp images only", 0.0), (f"blur up to {BLUR_SIGMA:g} (vaekit)", BLUR_SIGMA)]:
+        t0 = time.perf_counter()
+        judge, real = train_classifier(dataset, cpu, seed=args.seed, blur_sigma=sigma)
+        blurred = [accuracy(judge, gaussian_blur(x, torch.full((len(x),), s * scale)), y) for s in BLURS]
+        samples = []
+        for model in models:
+            torch.manual_seed(args.seed)
+            per_class = conditional_accuracy_per_class(model, judge, args.samples_per_class)
+            samples.append(sum(per_class) / len(per_class))
+        rows.append((name, real, blurred, samples))
+        print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    print(f"\n{data_cfg.dataset}: judge accuracy on the {len(x):,} test images (blur: Gaussian std in pixels of "
+          f"a 28x28 image); CVAE samples: {args.samples_per_class:,} per class, ratio to the judge's accuracy on "
+          "real images\n")
+    head = ["judge trained on", "real"] + [f"real, blurred {s:g}" for s in BLURS] + [
+        f"samples of {Path(r).name} (ratio)" for r in args.runs]
+    print("| " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * (len(head) - 1))
+    for name, real, blurred, samples in rows:
+        cells = [name, f"{real:.3f}"] + [f"{b:.3f}" for b in blurred] + [f"{s:.3f} ({s / real:.3f})" for s in samples]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
