@@ -1,6 +1,7 @@
 """How the judge of conditional samples reads blur: a judge trained on sharp images against
 vaekit's judge (trained with a Gaussian blur of up to 1 pixel), on real test images, on the same
-images blurred, and on a conditional VAE's samples.
+images blurred, and on a conditional VAE's reconstructions of the test images (E[x|z,c] at the
+posterior mean, with their own labels) and its samples.
 
     python benchmarks/judge.py RUN [RUN ...]      # RUN: CVAE run folders of one dataset
 
@@ -47,23 +48,27 @@ def main() -> None:
         t0 = time.perf_counter()
         judge, real = train_classifier(dataset, cpu, seed=args.seed, blur_sigma=sigma)
         blurred = [accuracy(judge, gaussian_blur(x, torch.full((len(x),), s * scale)), y) for s in BLURS]
-        samples = []
+        generated = []
         for model in models:
+            recon = torch.cat([model.reconstruct(xb, yb) for xb, yb in zip(x.split(1000), y.split(1000))])
             torch.manual_seed(args.seed)
             per_class = conditional_accuracy_per_class(model, judge, args.samples_per_class)
-            samples.append(sum(per_class) / len(per_class))
-        rows.append((name, real, blurred, samples))
+            generated.append((accuracy(judge, recon, y), sum(per_class) / len(per_class)))
+        rows.append((name, real, blurred, generated))
         print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
     print(f"\n{data_cfg.dataset}: judge accuracy on the {len(x):,} test images (blur: Gaussian std in pixels of "
           f"a 28x28 image); CVAE samples: {args.samples_per_class:,} per class, ratio to the judge's accuracy on "
           "real images\n")
-    head = ["judge trained on", "real"] + [f"real, blurred {s:g}" for s in BLURS] + [
-        f"samples of {Path(r).name} (ratio)" for r in args.runs]
+    head = ["judge trained on", "real"] + [f"real, blurred {s:g}" for s in BLURS]
+    for run in args.runs:
+        head += [f"{run}: reconstructions", f"{run}: samples (ratio)"]
     print("| " + " | ".join(head) + " |")
     print("|---|" + "---:|" * (len(head) - 1))
-    for name, real, blurred, samples in rows:
-        cells = [name, f"{real:.3f}"] + [f"{b:.3f}" for b in blurred] + [f"{s:.3f} ({s / real:.3f})" for s in samples]
+    for name, real, blurred, generated in rows:
+        cells = [name, f"{real:.3f}"] + [f"{b:.3f}" for b in blurred]
+        for recon, samples in generated:
+            cells += [f"{recon:.3f}", f"{samples:.3f} ({samples / real:.3f})"]
         print("| " + " | ".join(cells) + " |")
 
 
