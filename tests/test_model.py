@@ -155,11 +155,14 @@ def test_judge_blur_is_a_normalised_gaussian_per_image():
     y = gaussian_blur(x, sigma)
     assert torch.allclose(y[0], x[0], atol=1e-6)  # sigma -> 0: the image itself
     assert torch.allclose(y.sum(dim=(1, 2, 3)), torch.ones(3), atol=1e-5)  # mass is kept away from the edges
-    r = torch.arange(-3, 4, dtype=torch.float32)
+    r = torch.arange(-3, 4, dtype=torch.float32)  # the kernel reaches 3 sigma of the widest blur
     for i, s in enumerate(sigma[1:], start=1):
         g = torch.exp(-(r**2) / (2 * s**2))
         g = g / g.sum()
         assert torch.allclose(y[i, 0, 4:11, 4:11], g[:, None] * g[None, :], atol=1e-6)  # separable 2-D Gaussian
+        assert y[i, 0, :4].abs().max() == 0 and y[i, 0, 11:].abs().max() == 0
+    wide = gaussian_blur(x[:1], torch.tensor([2.0]))  # radius 6: the tails are there, the mass is kept
+    assert wide[0, 0, 7, 1] > 0 and wide.sum() == pytest.approx(1.0, abs=1e-5)
     flat = torch.full((2, 3, 9, 9), 0.3)
     assert torch.allclose(gaussian_blur(flat, torch.tensor([0.7, 1.0])), flat)  # edges replicated: a flat image stays flat
 

@@ -66,12 +66,13 @@ def accuracy(classifier: Classifier, x: torch.Tensor, y: torch.Tensor) -> float:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image x[i]: (B, C, H, W) with its own Gaussian of std sigma[i] pixels (B,), edges replicated."""
     b, c, h, w = x.shape
-    r = torch.arange(-3, 4, device=x.device, dtype=x.dtype)  # radius 3 >= 3 sigma for sigma <= 1
+    radius = max(1, math.ceil(3 * float(sigma.max())))  # the kernel reaches 3 sigma
+    r = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
-    kernel = (kernel / kernel.sum(-1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, 7)
+    kernel = (kernel / kernel.sum(-1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, 2 radius + 1)
     x = x.reshape(1, b * c, h, w)  # one group per image and channel
-    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b * c)
-    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), kernel[:, None, :, None], groups=b * c)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b * c)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=b * c)
     return x.reshape(b, c, h, w)
 
 
@@ -124,12 +125,13 @@ def cached_classifier(run: Path, dataset: ImageDataset, device: torch.device) ->
         try:
             report = json.loads((run / REPORT).read_text())
             classifier = Classifier(tuple(report["image_shape"]), report["num_classes"])
+            test_acc = float(report["test_accuracy"])
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
             raise VaekitError(f"{run / REPORT} is damaged ({e}): delete it and {WEIGHTS} to retrain the judge") from None
         if report.get("judge") == JUDGE:  # a judge of an older recipe is retrained below
             tensors, _ = ckpt.load_tensors(run / WEIGHTS)
             ckpt.load_state_dict_into(classifier, tensors, run / WEIGHTS)
-            return classifier.to(device).eval(), report["test_accuracy"]
+            return classifier.to(device).eval(), test_acc
     classifier, test_acc = train_classifier(dataset, device)
     ckpt.save_tensors(run / WEIGHTS, classifier.state_dict())
     report = {"judge": JUDGE, "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
