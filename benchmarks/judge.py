@@ -24,7 +24,8 @@ import torch  # noqa: E402
 
 import vaekit  # noqa: E402
 from vaekit import checkpoint as ckpt  # noqa: E402
-from vaekit.classifier import BLUR_SIGMA, accuracy, conditional_accuracy_per_class, gaussian_blur, train_classifier  # noqa: E402
+from vaekit.classifier import (  # noqa: E402
+    BLUR_SIGMA, accuracy, conditional_accuracy_per_class, gaussian_blur, predict, train_classifier)
 from vaekit.data import load_dataset  # noqa: E402
 
 BLURS = (0.5, 1.0, 1.5)
@@ -43,17 +44,21 @@ def main() -> None:
     models = [vaekit.load(run).eval() for run in args.runs]
     cpu = torch.device("cpu")
 
-    rows = []
+    rows, class_rows = [], []
     for name, sigma in [("sharp images only", 0.0), (f"blur up to {BLUR_SIGMA:g} (vaekit)", BLUR_SIGMA)]:
         t0 = time.perf_counter()
         judge, real = train_classifier(dataset, cpu, seed=args.seed, blur_sigma=sigma)
-        blurred = [accuracy(judge, gaussian_blur(x, torch.full((len(x),), s * scale)), y) for s in BLURS]
+        blurred_x = [gaussian_blur(x, torch.full((len(x),), s * scale)) for s in BLURS]
+        blurred = [accuracy(judge, xb, y) for xb in blurred_x]
+        class_rows += [(name, "real", class_accuracy(judge, x, y, dataset.num_classes)),
+                       (name, "real, blurred 1", class_accuracy(judge, blurred_x[BLURS.index(1.0)], y, dataset.num_classes))]
         generated = []
-        for model in models:
+        for run, model in zip(args.runs, models):
             recon = torch.cat([model.reconstruct(xb, yb) for xb, yb in zip(x.split(1000), y.split(1000))])
             torch.manual_seed(args.seed)
             per_class = conditional_accuracy_per_class(model, judge, args.samples_per_class)
             generated.append((accuracy(judge, recon, y), sum(per_class) / len(per_class)))
+            class_rows.append((name, f"{run}: samples", per_class))
         rows.append((name, real, blurred, generated))
         print(f"{name}: trained in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
@@ -70,6 +75,18 @@ def main() -> None:
         for recon, samples in generated:
             cells += [f"{recon:.3f}", f"{samples:.3f} ({samples / real:.3f})"]
         print("| " + " | ".join(cells) + " |")
+
+    print("\nPer class:\n")
+    print("| judge trained on | images | " + " | ".join(f"class {k}" for k in range(dataset.num_classes)) + " |")
+    print("|---|---|" + "---:|" * dataset.num_classes)
+    for name, images, accs in class_rows:
+        print(f"| {name} | {images} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
+
+
+def class_accuracy(judge, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
+    """The judge's accuracy on the images of each class."""
+    hit = predict(judge, x) == y
+    return [float(hit[y == k].float().mean()) for k in range(num_classes)]
 
 
 if __name__ == "__main__":
