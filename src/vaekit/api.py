@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -84,8 +85,10 @@ def evaluate(
     max_batch: int | None = None,
     samples_per_class: int = 1000,
     limit: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Test-set -ELBO, its parts, the IWAE estimate of -log p(x) and latent usage of a run; see evaluate.py."""
+    """Test-set -ELBO, its parts, the IWAE estimate of -log p(x) and latent usage of a run; see evaluate.py.
+    `log` hears of slow one-off work (training a CVAE's judge)."""
     if iw_samples < 1:
         raise VaekitError(f"--iw-samples must be at least 1, got {iw_samples}")
     dev = resolve_device(device)
@@ -103,7 +106,7 @@ def evaluate(
     if model.conditional:  # nll is -log p(x|c); judge the class-conditional samples too
         from .classifier import cached_classifier, conditional_accuracy_per_class
 
-        classifier, result["classifier_accuracy"] = cached_classifier(Path(run), load_dataset(data_cfg), dev)
+        classifier, result["classifier_accuracy"] = cached_classifier(Path(run), load_dataset(data_cfg), dev, log=log)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(0)
             per_class = conditional_accuracy_per_class(model, classifier, samples_per_class)

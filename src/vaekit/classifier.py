@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -118,8 +119,11 @@ def train_classifier(
     return classifier.eval(), test_acc
 
 
-def cached_classifier(run: Path, dataset: ImageDataset, device: torch.device) -> tuple[Classifier, float]:
-    """The run's classifier from classifier.safetensors, trained and cached there on first use."""
+def cached_classifier(
+    run: Path, dataset: ImageDataset, device: torch.device, *, log: Callable[[str], None] | None = None
+) -> tuple[Classifier, float]:
+    """The run's classifier from classifier.safetensors, trained and cached there on first use
+    (`log`, if given, is told before training starts: it takes minutes on Fashion-MNIST)."""
     run = Path(run)
     if (run / WEIGHTS).is_file() and (run / REPORT).is_file():
         try:
@@ -132,6 +136,8 @@ def cached_classifier(run: Path, dataset: ImageDataset, device: torch.device) ->
             tensors, _ = ckpt.load_tensors(run / WEIGHTS)
             ckpt.load_state_dict_into(classifier, tensors, run / WEIGHTS)
             return classifier.to(device).eval(), test_acc
+    if log is not None:
+        log(f"training the judge of conditional samples (once; cached in {run / WEIGHTS})")
     classifier, test_acc = train_classifier(dataset, device)
     ckpt.save_tensors(run / WEIGHTS, classifier.state_dict())
     report = {"judge": JUDGE, "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,

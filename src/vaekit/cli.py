@@ -138,6 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.run, dataset=args.dataset, data=args.data, data_dir=args.data_dir,
         iw_samples=args.iw_samples, device=args.device, max_batch=args.max_batch,
         samples_per_class=args.samples_per_class, limit=args.limit,
+        log=lambda message: print(f"vaekit: {message}", file=sys.stderr, flush=True),
     )
     print(json.dumps(result) if args.json else format_report(result))
     return 0
