@@ -47,11 +47,11 @@ def main() -> None:
     rows, class_rows = [], []
     for name, sigma in [("sharp images only", 0.0), (f"blur up to {BLUR_SIGMA:g} (vaekit)", BLUR_SIGMA)]:
         t0 = time.perf_counter()
-        judge, real = train_classifier(dataset, cpu, seed=args.seed, blur_sigma=sigma)
-        blurred_x = [gaussian_blur(x, torch.full((len(x),), s * scale)) for s in BLURS]
-        blurred = [accuracy(judge, xb, y) for xb in blurred_x]
-        class_rows += [(name, "real", class_accuracy(judge, x, y, dataset.num_classes)),
-                       (name, "real, blurred 1", class_accuracy(judge, blurred_x[BLURS.index(1.0)], y, dataset.num_classes))]
+        judge, _ = train_classifier(dataset, cpu, seed=args.seed, blur_sigma=sigma)
+        real, real_per_class = scores(judge, x, y, dataset.num_classes)
+        blurred, blurred_per_class = zip(*(
+            scores(judge, gaussian_blur(x, torch.full((len(x),), s * scale)), y, dataset.num_classes) for s in BLURS))
+        class_rows += [(name, "real", real_per_class), (name, "real, blurred 1", blurred_per_class[BLURS.index(1.0)])]
         generated = []
         for run, model in zip(args.runs, models):
             recon = torch.cat([model.reconstruct(xb, yb) for xb, yb in zip(x.split(1000), y.split(1000))])
@@ -83,10 +83,10 @@ def main() -> None:
         print(f"| {name} | {images} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
 
 
-def class_accuracy(judge, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float]:
-    """The judge's accuracy on the images of each class."""
+def scores(judge, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[float, list[float]]:
+    """The judge's accuracy on images x with labels y: overall, and on the images of each class."""
     hit = predict(judge, x) == y
-    return [float(hit[y == k].float().mean()) for k in range(num_classes)]
+    return float(hit.float().mean()), [float(hit[y == k].float().mean()) for k in range(num_classes)]
 
 
 if __name__ == "__main__":

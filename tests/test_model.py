@@ -128,7 +128,7 @@ def test_conditional_accuracy_on_a_fake_classifier_with_known_answers():
 
     from torch import nn
 
-    from vaekit.classifier import conditional_accuracy, conditional_accuracy_per_class
+    from vaekit.classifier import conditional_accuracy_per_class
 
     class FakeModel:  # "samples" whose pixels all equal the requested class
         cfg = SimpleNamespace(num_classes=4)
@@ -142,8 +142,9 @@ def test_conditional_accuracy_on_a_fake_classifier_with_known_answers():
             c = x.mean(dim=(1, 2, 3)).round().long()
             return nn.functional.one_hot(torch.where(c == 3, 0, c), 4).float()
 
-    assert conditional_accuracy(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5) == pytest.approx(0.75)
-    assert conditional_accuracy_per_class(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5) == [1, 1, 1, 0]
+    per_class = conditional_accuracy_per_class(FakeModel(), FakeJudge(), samples_per_class=7, batch_size=5)
+    assert per_class == [1, 1, 1, 0]
+    assert sum(per_class) / len(per_class) == pytest.approx(0.75)  # conditional_accuracy, as evaluate reports it
 
 
 def test_judge_blur_is_a_normalised_gaussian_per_image():

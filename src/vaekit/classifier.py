@@ -158,9 +158,3 @@ def conditional_accuracy_per_class(
         hit = predict(classifier, model.sample(len(c), labels=c)) == c
         correct += torch.bincount(c[hit], minlength=k)
     return (correct.double() / samples_per_class).tolist()
-
-
-def conditional_accuracy(model, classifier: Classifier, samples_per_class: int = 1000, batch_size: int = 2000) -> float:
-    """Fraction of all class-conditional samples (samples_per_class of each class) labelled as their class."""
-    per_class = conditional_accuracy_per_class(model, classifier, samples_per_class, batch_size)
-    return sum(per_class) / len(per_class)
