@@ -73,7 +73,7 @@ class Decoder(nn.Module):
     """z: (B, D), onehot: (B, K) or None -> per-pixel parameters (B, C, H, W).
 
     stages: modules applied in turn to the (B, ch, h, w) features; with classes, each stage's input
-    gets a per-class bias (the conv stages; an MLP has one stage, the reshape, and no bias)."""
+    gets a per-class bias (the conv decoder's stages; an MLP has none: its features are the image)."""
 
     def __init__(self, stages: list[nn.Module], feature_shape: tuple[int, ...], num_classes: int, hidden: int,
                  latent_dim: int, conv: bool):
@@ -83,7 +83,7 @@ class Decoder(nn.Module):
         self.to_features = nn.Sequential(nn.Linear(hidden, feature_dim), *([Act()] if conv else []))
         self.unflatten = nn.Unflatten(1, feature_shape)
         self.stages = nn.ModuleList(stages)
-        channels = [stage_in_channels(s) for s in stages] if conv and num_classes else []
+        channels = [stage_in_channels(s) for s in stages] if num_classes else []
         self.class_bias = nn.ModuleList(nn.Linear(num_classes, ch, bias=False) for ch in channels)
 
     def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
