@@ -130,11 +130,11 @@ if spec[0] == "enospc":
             return f
         ckpt.open = open_
     else:
-        real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
-        def mkstemp(*args, **kwargs):
-            fd, path = real_mkstemp(*args, **kwargs)
+        real_open, real_fdopen = os.open, os.fdopen
+        def os_open(path, *args, **kwargs):
+            fd = real_open(path, *args, **kwargs)
             temporaries[fd] = os.path.basename(path)
-            return fd, path
+            return fd
         def fdopen(fd, *args, **kwargs):
             f = real_fdopen(fd, *args, **kwargs)
             if temporaries.pop(fd, "").startswith("." + name + "."):
@@ -142,7 +142,7 @@ if spec[0] == "enospc":
                 if seen[0] > allowed:
                     return Full(f)
             return f
-        tempfile.mkstemp, os.fdopen = mkstemp, fdopen
+        os.open, os.fdopen = os_open, fdopen
 elif spec[0] in ("kill", "term") and spec[1] == "pictures":
     real_pictures = vaekit.plots.run_pictures
     def run_pictures(*args, **kwargs):

@@ -101,3 +101,34 @@ def test_a_dead_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     epochs = [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4, 5, 6]
+
+
+GLOO_PEER_DIED = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                  "[127.0.0.1]:5530. This is typically caused by a remote worker crashing.")
+
+
+def test_only_failed_collectives_are_reported_as_a_dead_peer(monkeypatch, tmp_path):
+    """Under torchrun, an error of the model (out of memory, a shape bug) keeps its own message."""
+    import vaekit
+    import vaekit.distributed as distributed
+    from vaekit import VaekitError
+
+    loop = sys.modules["vaekit.train"]
+    monkeypatch.setattr(distributed, "setup", lambda device, timeout: distributed.Group(rank=0, world=2, device=device))
+    monkeypatch.setattr(distributed, "teardown", lambda: None)
+    for error, reworded in [
+        (RuntimeError("mat1 and mat2 shapes cannot be multiplied (64x10 and 12x3)"), False),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+        (RuntimeError(GLOO_PEER_DIED), True),
+        (torch.distributed.DistBackendError("NCCL communicator was aborted on rank 1"), True),
+    ]:
+        def broken(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(loop, "_fit", broken)
+        with pytest.raises((RuntimeError, VaekitError)) as caught:
+            vaekit.train(tmp_path / "r", dataset="digits", epochs=1, progress=False)
+        if reworded:
+            assert isinstance(caught.value, VaekitError) and "another training process stopped" in str(caught.value)
+        else:
+            assert caught.value is error

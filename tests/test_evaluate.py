@@ -44,7 +44,7 @@ def test_report_fields(model_and_data):
     r = evaluate(model, x, iw_samples=5)
     assert r["n_images"] == 40 and r["iw_samples"] == 5 and r["latent_dim"] == 4
     assert len(r["kl_per_dim"]) == 4 and sum(r["kl_per_dim"]) == pytest.approx(r["kl"], abs=1e-3)
-    assert 0 <= r["active_units"] <= 4
+    assert r["active_units"] == sum(v > 0.01 for v in r["posterior_mean_variance"])
     assert r["nll_bits_per_dim"] == pytest.approx(r["nll"] / (64 * math.log(2)))
     assert "-log p(x) IWAE" in format_report(r)
 
@@ -57,5 +57,14 @@ def test_active_units_counts_dimensions_whose_mean_varies():
         out.weight[1:3] *= 50
     r = evaluate(model, torch.rand(50, 1, 8, 8).bernoulli(), iw_samples=2)
     assert r["posterior_mean_variance"][0] == 0
-    assert r["active_units"] == sum(v > 0.01 for v in r["posterior_mean_variance"])
-    assert r["active_units"] >= 1
+    assert min(r["posterior_mean_variance"][1:]) > 0.05  # the two scaled dimensions vary
+    assert r["active_units"] == 2
+
+
+def test_neg_elbo_is_exactly_recon_plus_kl_on_any_cpu():
+    """The report states neg_elbo = recon + kl; it holds to the last digit whatever float32 kernels ran."""
+    torch.manual_seed(3)
+    for latent_dim in (2, 5, 16):
+        model = VAE(ModelConfig(image_shape=(1, 8, 8), latent_dim=latent_dim)).eval()
+        r = evaluate(model, torch.rand(97, 1, 8, 8).bernoulli(), iw_samples=3)
+        assert r["neg_elbo"] == r["recon"] + r["kl"]

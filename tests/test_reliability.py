@@ -15,7 +15,6 @@ import shutil
 import signal
 import sys
 import time
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -114,13 +113,13 @@ class FullFile:
 
 def fill_disk_after(monkeypatch, name: str, allowed: int) -> None:
     """The atomic writes of `name` (e.g. last.safetensors) fail with ENOSPC after `allowed` successes."""
-    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+    real_open, real_fdopen = os.open, os.fdopen
     temporaries, seen = {}, [0]
 
-    def mkstemp(*args, **kwargs):
-        fd, path = real_mkstemp(*args, **kwargs)
+    def open_(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
         temporaries[fd] = Path(path).name
-        return fd, path
+        return fd
 
     def fdopen(fd, *args, **kwargs):
         f = real_fdopen(fd, *args, **kwargs)
@@ -130,7 +129,7 @@ def fill_disk_after(monkeypatch, name: str, allowed: int) -> None:
                 return FullFile(f)
         return f
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", open_)
     monkeypatch.setattr(os, "fdopen", fdopen)
 
 
@@ -451,3 +450,40 @@ def test_resume_removes_temporaries_of_a_killed_write(tiny_run, tmp_path, capsys
     code, err = cli(capsys, "train", "--resume", run, "--epochs", "2")
     assert code == 0, err
     assert not list(run.glob("*.tmp"))
+
+
+# ---- issue 13: resume on another device, files that follow the umask
+
+def test_resume_honours_device(tiny_run, tmp_path, capsys):
+    """A run trained on a GPU resumes on a machine without one when --device cpu is given."""
+    run = copy_run(tiny_run, tmp_path / "gpu-run")
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["device"] = "cuda"  # as written by `vaekit train --device cuda`
+    (run / "config.json").write_text(json.dumps(config))
+    if not torch.cuda.is_available():
+        code, err = cli(capsys, "train", "--resume", run, "--epochs", "2")
+        assert_one_line_error(code, err, "--device cuda .* not available")
+    code, err = cli(capsys, "train", "--resume", run, "--epochs", "2", "--device", "cpu")
+    assert code == 0, err
+    assert epochs(run) == [1, 2]
+    assert json.loads((run / "config.json").read_text())["train"]["device"] == "cpu"
+
+
+def test_resume_refuses_other_settings(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    code, err = cli(capsys, "train", "--resume", run, "--lr", "0.1")
+    assert_one_line_error(code, err, "only --epochs and --device may change.*'lr'")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_run_files_follow_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        run = fit_tiny(tmp_path / "run")
+        vaekit.plots.save_png(run / "extra.png", vaekit.plots.image_grid(torch.zeros(1, 1, 8, 8), nrow=1))
+    finally:
+        os.umask(previous)
+    files = [p for p in run.iterdir() if p.is_file()]
+    assert {"config.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "extra.png"} <= {p.name for p in files}
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name

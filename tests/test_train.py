@@ -25,17 +25,31 @@ def test_training_lowers_validation_loss_and_writes_the_run_folder(digits_run):
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[-1]["val_neg_elbo"] < metrics[0]["val_neg_elbo"]
     for m in metrics:
-        assert m["train_neg_elbo"] == pytest.approx(m["train_recon"] + m["train_kl"])
+        assert m["train_neg_elbo"] == pytest.approx(m["train_recon"] + m["train_kl"], rel=1e-5)  # float32 sums
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["image_shape"] == [1, 8, 8] and config["data"]["dataset"] == "digits"
     assert not list(run.glob("*.tmp"))  # atomic writes leave no temporaries
 
 
-def test_best_weights_are_the_best_validation_epoch(digits_run):
-    model = vaekit.load(digits_run)
-    assert isinstance(model, vaekit.VAE) and not model.training
-    weights = load_file(Path(digits_run) / "model.safetensors")
-    assert set(weights) == set(model.state_dict())
+def test_best_weights_are_the_best_validation_epoch(tmp_path, monkeypatch):
+    """model.safetensors holds the weights of the epoch with the lowest validation -ELBO, not the last ones."""
+    options = dict(dataset="digits", width=8, hidden=32, latent_dim=4, lr_schedule="constant", progress=False)
+    two = vaekit.train(tmp_path / "two", epochs=2, **options)  # the weights after epoch 2
+    loop = sys.modules["vaekit.train"]
+    real, scripted = loop.validate, iter([30.0, 20.0, 25.0])  # epoch 2 is the best of three
+
+    def validate(*args, **kwargs):
+        return {**real(*args, **kwargs), "neg_elbo": next(scripted)}
+
+    monkeypatch.setattr(loop, "validate", validate)
+    three = vaekit.train(tmp_path / "three", epochs=3, **options)
+    best = load_file(three / "model.safetensors")
+    after_two = {k[6:]: v for k, v in load_file(two / "last.safetensors").items() if k.startswith("model.")}
+    after_three = {k[6:]: v for k, v in load_file(three / "last.safetensors").items() if k.startswith("model.")}
+    assert set(best) == set(after_two) and all(torch.equal(best[k], after_two[k]) for k in best)
+    assert not all(torch.equal(best[k], after_three[k]) for k in best)  # the last epoch's weights are not kept
+    model = vaekit.load(three)
+    assert not model.training and all(torch.equal(model.state_dict()[k], best[k]) for k in best)
 
 
 def test_existing_run_is_refused_without_overwrite(digits_run, tmp_path):
@@ -74,9 +88,17 @@ def test_unknown_option_is_refused(tmp_path):
 
 # ---- interruption and exact resume (real subprocesses)
 
-TRAIN = [sys.executable, "-m", "vaekit", "train", "--dataset", "digits", "--epochs", "4", "--batch-size", "16",
+EPOCHS = 8  # long enough (a few seconds) that every kill below lands while training
+TRAIN = [sys.executable, "-m", "vaekit", "train", "--dataset", "digits", "--epochs", str(EPOCHS), "--batch-size", "8",
          "--width", "8", "--hidden", "32", "--latent-dim", "4", "--ema", "0.99"]  # EMA state must resume too
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def load_file_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -96,7 +118,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert model_keys and all(torch.equal(wa[k], wb[k]) for k in model_keys)
     ma = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in mb] == [1, 2, 3, 4]  # each epoch once, none missing or repeated
+    assert [m["epoch"] for m in mb] == list(range(1, EPOCHS + 1))  # each epoch once, none missing or repeated
     timing = {"seconds", "train_seconds", "images_per_second"}
     strip = lambda ms: [{k: v for k, v in m.items() if k not in timing} for m in ms]  # noqa: E731
     assert strip(ma) == strip(mb)
@@ -139,6 +161,9 @@ def test_kill_9_anywhere_resumes_to_the_same_run(reference_run, tmp_path, delay)
     time.sleep(delay)
     proc.kill()
     proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished before the kill
+    state = json.loads(load_file_metadata(out / "last.safetensors")["train_state"])
+    assert state["epoch"] < EPOCHS  # the resume below has real work left
     done = subprocess.run([sys.executable, "-m", "vaekit", "train", "--resume", str(out)], env=ENV,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

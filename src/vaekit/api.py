@@ -24,6 +24,7 @@ from .models import VAE
 from .train import fit, resolve_device
 
 CONFIGS = (DataConfig, ModelConfig, TrainConfig)
+RESUME_CHANGES = {"epochs", "device"}  # the settings a resumed run may change
 
 
 def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
@@ -38,10 +39,20 @@ def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
 def train(
     out: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool | None = None, **options
 ) -> Path:
-    """Train a model into the run folder `out` (options: fields of the config dataclasses); returns `out`."""
-    data_cfg, model_cfg, train_cfg = make_configs(**options)
-    if resume and "epochs" not in options:
-        train_cfg = None  # type: ignore[assignment]
+    """Train a model into the run folder `out` (options: fields of the config dataclasses); returns `out`.
+
+    With resume=True the run continues with the settings in its config.json; only `epochs` (to train
+    longer) and `device` (to move it, e.g. a GPU run onto a CPU) may be given."""
+    if resume:
+        changed = sorted(set(options) - RESUME_CHANGES)
+        if changed:
+            raise VaekitError(f"--resume continues a run with its own settings: only --epochs and --device may change, got {changed}")
+        data_cfg, model_cfg, train_cfg = ckpt.read_config(Path(out))
+        if "epochs" in options:
+            options["epochs"] = max(options["epochs"], train_cfg.epochs)
+        train_cfg = dataclasses.replace(train_cfg, **options)
+    else:
+        data_cfg, model_cfg, train_cfg = make_configs(**options)
     return fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress)
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # Not tempfile.mkstemp: its 0600 mode would survive the rename. Created with 0666 like open()
+        # does, so the file follows the user's umask, as every other file the tool writes.
+        name = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        tmp = name
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -117,11 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume and not args.out:
         raise VaekitError("--out RUN is required: the folder to write the run into")
     out = Path(args.resume or args.out)
-    options = config_options(args)
-    if args.resume and set(options) - {"epochs", "device"}:
-        raise VaekitError(f"--resume continues a run with its own settings: only --epochs may change, got {sorted(options)}")
     try:
-        train(out, overwrite=args.overwrite, resume=bool(args.resume), **options)
+        train(out, overwrite=args.overwrite, resume=bool(args.resume), **config_options(args))
     except Interrupted as e:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code

@@ -96,6 +96,18 @@ def check_batch_size(batch_size: int, group: Group) -> None:
         )
 
 
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether an exception came from a collective whose peer died or timed out, not from the model.
+
+    NCCL and the c10d store raise torch.distributed.DistError subclasses; Gloo raises a plain
+    RuntimeError whose message starts with its transport's source path (".../gloo/transport/...")
+    or names a Gloo timeout. Anything else (an out-of-memory, a shape bug) keeps its own message."""
+    if isinstance(error, dist.DistError):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("/gloo/" in message or "Gloo" in message or "ProcessGroupGloo" in message)
+
+
 def collective_failed(error: BaseException) -> VaekitError:
     """A clear message for a collective that failed because another rank died or timed out."""
     return VaekitError(

@@ -168,7 +168,7 @@ def _non_finite(history: torch.Tensor, epoch: int, first_step: int, out: Path) -
 def fit(
     data_cfg: DataConfig,
     model_cfg: ModelConfig,
-    train_cfg: TrainConfig | None,
+    train_cfg: TrainConfig,
     out: str | Path,
     *,
     overwrite: bool = False,
@@ -178,20 +178,16 @@ def fit(
 ) -> Path:
     """Train a model and write its run folder; returns the folder.
 
-    With resume=True every config comes from the folder's config.json, except train_cfg.epochs when
-    train_cfg is given (to train longer). Under torchrun, trains with DDP (see distributed.py).
+    With resume=True the configs are the run's own (api.train reads them from config.json, with the
+    epochs and device the user changed). Under torchrun, trains with DDP (see distributed.py).
     Raises Interrupted after SIGINT/SIGTERM, once a checkpoint is written.
     """
     out = Path(out)
-    if resume:
-        data_cfg, model_cfg, saved = ckpt.read_config(out)
-        train_cfg = saved if train_cfg is None else replace(saved, epochs=max(train_cfg.epochs, saved.epochs))
-    assert train_cfg is not None
     group = distributed.setup(resolve_device(train_cfg.device), train_cfg.dist_timeout)
     try:
         return _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures)
-    except (RuntimeError, ValueError) as e:  # a collective that failed: another rank died or timed out
-        if group.active and not isinstance(e, VaekitError):
+    except RuntimeError as e:  # only a collective that failed (another rank died or timed out) is reworded
+        if group.active and distributed.is_collective_failure(e):
             raise distributed.collective_failed(e) from e
         raise
     finally:
