@@ -65,7 +65,7 @@ def served(tmp_path, monkeypatch):
     www = tmp_path / "www"
     www.mkdir()
     rng = np.random.default_rng(0)
-    shapes = {"images": (12, 3, 3), "labels": (12,)}
+    shapes = {"images": (12, 4, 4), "labels": (12,)}
     sums = {}
     for name in FILES:
         array = rng.integers(0, 10, shapes["images" if "images" in name else "labels"], dtype=np.uint8)
