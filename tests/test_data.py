@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import gzip
+import os
 import struct
 import tempfile
 from pathlib import Path
@@ -14,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vaekit import data as data_module
 from vaekit.config import DataConfig
 from vaekit.data import IDX_FILES, SYSTEM_DIRS, batches, binarize_static, load_dataset
 from vaekit.errors import VaekitError
@@ -43,6 +47,45 @@ def write_idx_dataset(folder: Path, n_train: int = 20, n_test: int = 5, gz: bool
 def empty_cache(tmp_path, monkeypatch):
     """Keep the user's real cache out of the IDX search."""
     monkeypatch.setenv("VAEKIT_DATA", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def deny(monkeypatch):
+    """deny(path): reading `path` fails with EACCES, as without read permission (the tests run as root,
+    where chmod 000 blocks nothing): data.py's open(), Path.read_bytes and Path.iterdir on it."""
+
+    def error(path) -> PermissionError:
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    def deny(path: Path) -> None:
+        real_open, real_read_bytes, real_iterdir = builtins.open, Path.read_bytes, Path.iterdir
+
+        def fake_open(file, *args, **kwargs):
+            if Path(file) == path:
+                raise error(file)
+            return real_open(file, *args, **kwargs)
+
+        def fake_read_bytes(self):
+            if self == path:
+                raise error(self)
+            return real_read_bytes(self)
+
+        def fake_iterdir(self):
+            if self == path:
+                raise error(self)
+            return real_iterdir(self)
+
+        monkeypatch.setattr(data_module, "open", fake_open, raising=False)
+        monkeypatch.setattr(Path, "read_bytes", fake_read_bytes)
+        monkeypatch.setattr(Path, "iterdir", fake_iterdir)
+
+    return deny
+
+
+def one_line(info: pytest.ExceptionInfo, *parts: str) -> None:
+    """The error is one line naming every part (paths, values)."""
+    message = str(info.value)
+    assert "\n" not in message and all(part in message for part in parts), message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +163,51 @@ def test_idx_found_in_cache(tmp_path):
     assert len(load_dataset(DataConfig(dataset="kmnist")).test) == 5
 
 
+def test_data_dir_is_the_only_place_looked_at(tmp_path):
+    write_idx_dataset(tmp_path / "cache" / "mnist")  # a cached copy must not stand in for the user's folder
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(VaekitError, match=rf"^data_dir {missing} does not exist$"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(missing)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VaekitError, match=r"^mnist not found in data_dir .*lacks train-images-idx3-ubyte\[.gz\]") as e:
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(empty)))
+    one_line(e, str(empty), str(empty / "mnist"), "t10k-labels-idx1-ubyte[.gz]")
+    # Half there: the message names exactly the files that are missing, in the folder that has the rest.
+    write_idx_dataset(empty / "mnist")
+    for stem in IDX_FILES["test"]:
+        (empty / "mnist" / f"{stem}.gz").unlink()
+    with pytest.raises(VaekitError, match=rf"{empty / 'mnist'} lacks t10k-images-idx3-ubyte\[.gz\], "
+                                          r"t10k-labels-idx1-ubyte\[.gz\] \(also looked in"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(empty)))
+    with pytest.raises(VaekitError, match="data_dir is empty"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=""))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VaekitError, match=rf"data_dir {tmp_path / 'file'} is not a folder"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path / "file")))
+    # Without data_dir, the cache is still searched.
+    assert len(load_dataset(DataConfig(dataset="mnist")).test) == 5
+
+
+def test_idx_labels_must_cover_every_class(tmp_path):
+    labels = np.array([0, 2] * 10, np.uint8)  # class 1 has no image in either set
+    cfg = _damage(tmp_path, IDX_FILES["train"][1], idx_bytes(labels))
+    (tmp_path / IDX_FILES["test"][1]).write_bytes(idx_bytes(np.array([0, 2, 0, 2, 2], np.uint8)))
+    with pytest.raises(VaekitError, match=r"dataset 'mnist': .*1 of the classes 0..2 have no images: 1$"):
+        load_dataset(cfg)
+    # A class present only in the test set counts.
+    (tmp_path / IDX_FILES["test"][1]).write_bytes(idx_bytes(np.array([0, 1, 0, 2, 2], np.uint8)))
+    assert load_dataset(cfg).num_classes == 3
+
+
+def test_idx_unreadable_file_says_why(tmp_path, deny):
+    write_idx_dataset(tmp_path)
+    path = tmp_path / (IDX_FILES["train"][0] + ".gz")
+    deny(path)
+    with pytest.raises(VaekitError, match=rf"^{path}: cannot read \(Permission denied\)$"):
+        load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
+
+
 def _damage(tmp_path: Path, stem: str, data: bytes) -> DataConfig:
     write_idx_dataset(tmp_path, gz=False)
     (tmp_path / stem).write_bytes(data)
@@ -151,7 +239,7 @@ def test_idx_corrupt_gzip(tmp_path):
     write_idx_dataset(tmp_path)
     path = tmp_path / (IDX_FILES["test"][0] + ".gz")
     path.write_bytes(path.read_bytes()[:30])
-    with pytest.raises(VaekitError, match="cannot read"):
+    with pytest.raises(VaekitError, match="damaged gzip file .*delete it and download it again"):
         load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path)))
 
 
@@ -186,7 +274,7 @@ def test_npz_float_channels_first_unlabelled(tmp_path):
 
 
 def test_npz_int64_pixels_in_range_are_fine(tmp_path):
-    np.savez(tmp_path / "d.npz", x=np.full((20, 2, 2), 200, np.int64))
+    np.savez(tmp_path / "d.npz", x=np.full((20, 4, 4), 200, np.int64))
     assert load_dataset(DataConfig(dataset=str(tmp_path / "d.npz"))).train.x.dtype == torch.uint8
 
 
@@ -201,10 +289,20 @@ def test_npz_int64_pixels_in_range_are_fine(tmp_path):
         ({"x": np.full((5, 2, 2), 256, np.int32)}, "0..255"),
         ({"x": np.full((5, 2, 2), -1, np.int32)}, "0..255"),
         ({"x": np.zeros((5, 2, 2), np.uint8), "y": np.zeros(4, np.int64)}, "5 images but y 4 labels"),
-        ({"x": np.zeros((5, 2, 2), np.uint8), "y": np.full(5, -1)}, "labels must be 0 or more"),
+        ({"x": np.zeros((5, 4, 4), np.uint8), "y": np.full(5, -5)},
+         r"labels must be -1 \(unknown\) or 0..K-1, found -5"),
         ({"x": np.zeros((5, 2, 2), np.uint8), "y": np.zeros(5)}, "integer array of labels"),
         ({"x": np.zeros((0, 2, 2), np.uint8)}, "empty"),
         ({"x": np.zeros((5, 2, 2), np.complex64)}, "dtype complex64"),
+        ({"x": np.full((5, 3, 4, 4), np.nan, np.float32)}, "NaN or infinite"),
+        ({"x": np.full((5, 1, 4, 4), -np.inf, np.float32)}, "NaN or infinite"),
+        ({"x": np.full((5, 3, 4, 4), -0.5, np.float32)}, r"\[0, 1\], found \[-0.5, -0.5\]"),
+        ({"x": np.full((5, 3, 4, 4), 300, np.uint16)}, "0..255, found 300..300"),
+        ({"x": np.zeros((6, 4, 4), np.uint8), "y": np.array([0, 1000] * 3)},
+         r"labels must be 0..K-1 .*999 of the classes 0..1000 have no images: 1, 2, 3, 4, 5, \.\.\.$"),
+        ({"x": np.zeros((6, 4, 4), np.uint8), "y": np.array([0, 3, -1] * 2)},
+         r"2 of the classes 0..3 have no images: 1, 2$"),
+        ({"x": np.zeros((6, 4, 4), np.uint8), "y": np.array([2**63 + 5] * 6, np.uint64)}, f"found {2**63 + 5}"),
     ],
 )
 def test_npz_errors(tmp_path, arrays, message):
@@ -219,12 +317,85 @@ def test_npz_missing_and_invalid(tmp_path):
     with pytest.raises(VaekitError, match="no such file"):
         load_dataset(DataConfig(dataset=str(tmp_path / "absent.npz")))
     (tmp_path / "text.npz").write_text("hello")
-    with pytest.raises(VaekitError, match="not a valid .npz"):
+    with pytest.raises(VaekitError, match=r"text.npz: not a valid .npz file \(not a zip archive\)$") as info:
         load_dataset(DataConfig(dataset=str(tmp_path / "text.npz")))
+    assert "pickle" not in str(info.value)  # np.load's guess for anything not .npy or zip
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(VaekitError, match=r"empty.npz: not a valid .npz file \(empty\)$"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "empty.npz")))
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(VaekitError, match=r"folder.npz: cannot read \(Is a directory\)$"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "folder.npz")))
     with open(tmp_path / "array.npz", "wb") as f:  # a bare .npy under an .npz name
         np.save(f, np.zeros((5, 2, 2), np.uint8))
     with pytest.raises(VaekitError, match="not an .npz archive"):
         load_dataset(DataConfig(dataset=str(tmp_path / "array.npz")))
+
+
+def test_npz_unreadable_file_says_why(tmp_path, deny):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((20, 4, 4), np.uint8))
+    deny(path)
+    with pytest.raises(VaekitError, match=rf"^{path}: cannot read \(Permission denied\)$"):
+        load_dataset(DataConfig(dataset=str(path)))
+
+
+@pytest.mark.parametrize(
+    "shape, image_shape",
+    [((20, 5, 6), (1, 5, 6)), ((20, 1, 5, 6), (1, 5, 6)), ((20, 3, 5, 6), (3, 5, 6)), ((20, 3, 28, 28), (3, 28, 28))],
+)
+def test_npz_accepted_layouts(tmp_path, shape, image_shape):
+    np.savez(tmp_path / "d.npz", x=np.zeros(shape, np.uint8))
+    data = load_dataset(DataConfig(dataset=str(tmp_path / "d.npz")))
+    assert data.image_shape == image_shape and data.train.x.shape[1:] == image_shape
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((20, 2, 8, 8), r"2 channels, expected \(N, C, H, W\) with C = 1 \(grayscale\) or 3 \(RGB\)"),
+        ((20, 4, 8, 8), r"4 channels, expected .*C = 1 \(grayscale\) or 3 \(RGB\)"),
+        ((20, 5, 16, 16), r"5 channels, expected .*C = 1 \(grayscale\) or 3 \(RGB\)"),
+        ((20, 16, 16, 4), r"looks channels-last \(N, H, W, C\): transpose to \(N, C, H, W\)"),
+        ((20, 28, 28, 3), r"looks channels-last \(N, H, W, C\): transpose to \(N, C, H, W\)"),
+        ((20, 28, 28, 1), r"looks channels-last \(N, H, W, C\): transpose to \(N, C, H, W\)"),
+        ((20, 3, 3), r"images are 3x3 .*too small, need at least 4x4"),
+        ((20, 1, 2, 8), r"images are 2x8 .*too small, need at least 4x4"),
+    ],
+)
+def test_npz_refused_layouts(tmp_path, shape, message):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros(shape, np.uint8))
+    with pytest.raises(VaekitError, match=message) as info:
+        load_dataset(DataConfig(dataset=str(path)))
+    one_line(info, str(path), *([str(shape)] if "channel" in message else []))  # the shape as given
+
+
+def test_npz_unknown_labels_are_minus_one(tmp_path):
+    x = np.zeros((30, 4, 4), np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([-1, 0, 1, 2, -1, 2] * 5, np.int8))
+    data = load_dataset(DataConfig(dataset=str(tmp_path / "d.npz")))
+    y = torch.cat([data.train.y, data.val.y, data.test.y])
+    assert data.num_classes == 3 and y.dtype == torch.int64
+    assert sorted(y.tolist()) == sorted([-1, 0, 1, 2, -1, 2] * 5)
+
+    np.savez(tmp_path / "d.npz", x=x, y=np.full(30, -1))  # labelled, but no label is known
+    data = load_dataset(DataConfig(dataset=str(tmp_path / "d.npz")))
+    assert data.num_classes == 0 and data.train.y is not None and (data.train.y == -1).all()
+
+    np.savez(tmp_path / "d.npz", x=x, y=np.full(30, 4))  # one class (4 of 0..4 present: an error)
+    with pytest.raises(VaekitError, match="4 of the classes 0..4 have no images: 0, 1, 2, 3$"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "d.npz")))
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(30, np.uint8))  # one class: valid data, K = 1
+    assert load_dataset(DataConfig(dataset=str(tmp_path / "d.npz"))).num_classes == 1
+
+
+def test_path_that_is_no_dataset(tmp_path):
+    with pytest.raises(VaekitError, match=rf"^{tmp_path / 'images'}: no such file or folder$"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "images")))
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(VaekitError, match=rf"^{tmp_path / 'x.png'}: not a dataset: use a .npz file or an image folder"):
+        load_dataset(DataConfig(dataset=str(tmp_path / "x.png")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +444,57 @@ def test_image_folder_errors(tmp_path):
         load_dataset(DataConfig(dataset=str(tmp_path)))
     (tmp_path / "9.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(VaekitError, match=r"9.png: cannot read image"):
+        load_dataset(DataConfig(dataset=str(tmp_path)))
+
+
+def test_image_folder_loose_images_next_to_class_folders_is_an_error(tmp_path):
+    for path in ("a/0.png", "a/1.png", "b/0.png", "loose0.png", "loose1.jpg"):
+        _save(tmp_path / path, np.zeros((4, 4), np.uint8))
+    with pytest.raises(VaekitError, match=rf"^{tmp_path}: 2 loose image\(s\) next to the subfolder\(s\) a, b: move"):
+        load_dataset(DataConfig(dataset=str(tmp_path)))
+
+
+def test_image_folder_unlabelled_subfolder(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = {"a": 3, "b": 2, "unlabelled": 4, "Unlabeled": 1}
+    for folder, n in counts.items():
+        for i in range(n):
+            _save(tmp_path / folder / f"{i}.png", rng.integers(0, 256, (4, 4), dtype=np.uint8))
+    data = load_dataset(DataConfig(dataset=str(tmp_path), val_fraction=0.2, test_fraction=0.2))
+    labels = torch.cat([data.train.y, data.val.y, data.test.y])
+    assert data.num_classes == 2 and labels.dtype == torch.int64  # unlabelled/ is no class
+    assert sorted(labels.tolist()) == [-1] * 5 + [0] * 3 + [1] * 2
+
+    # Only images of unknown class: labelled data without a known label.
+    for folder in ("a", "b"):
+        for f in (tmp_path / folder).iterdir():
+            f.unlink()
+        (tmp_path / folder).rmdir()
+    data = load_dataset(DataConfig(dataset=str(tmp_path), val_fraction=0.2, test_fraction=0.2))
+    assert data.num_classes == 0 and (torch.cat([data.train.y, data.val.y, data.test.y]) == -1).all()
+
+
+def test_image_folder_one_class_and_empty_class(tmp_path):
+    for i in range(5):
+        _save(tmp_path / "a" / f"{i}.png", np.zeros((4, 4), np.uint8))
+    assert load_dataset(DataConfig(dataset=str(tmp_path), val_fraction=0.2, test_fraction=0.2)).num_classes == 1
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("no images here")
+    with pytest.raises(VaekitError, match=rf"^{tmp_path / 'b'}: class folder without images"):
+        load_dataset(DataConfig(dataset=str(tmp_path)))
+
+
+def test_image_folder_too_small_and_unreadable(tmp_path, deny):
+    for i in range(5):
+        _save(tmp_path / f"{i}.png", np.zeros((3, 5), np.uint8))
+    with pytest.raises(VaekitError, match=r"images are 3x5 .*too small, need at least 4x4") as info:
+        load_dataset(DataConfig(dataset=str(tmp_path)))
+    one_line(info, str(tmp_path))
+    deny(tmp_path / "2.png")
+    with pytest.raises(VaekitError, match=rf"^{tmp_path / '2.png'}: cannot read \(Permission denied\)$"):
+        load_dataset(DataConfig(dataset=str(tmp_path)))
+    deny(tmp_path)
+    with pytest.raises(VaekitError, match=rf"^{tmp_path}: cannot read \(Permission denied\)$"):
         load_dataset(DataConfig(dataset=str(tmp_path)))
 
 
@@ -356,7 +578,7 @@ def test_damaged_npz_raises_only_vaekit_error(compressed, flips, cut, noise):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "d.npz"
         save = np.savez_compressed if compressed else np.savez
-        save(path, x=np.arange(20 * 9, dtype=np.uint8).reshape(20, 3, 3), y=np.arange(20) % 3)
+        save(path, x=np.arange(20 * 16, dtype=np.uint16).astype(np.uint8).reshape(20, 4, 4), y=np.arange(20) % 3)
         path.write_bytes(noise if noise is not None else _mutate(path.read_bytes(), flips, cut))
         try:
             load_dataset(DataConfig(dataset=str(path)))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import gzip
 import hashlib
+import os
+import re
 import threading
 from collections import Counter
 from functools import partial
@@ -65,7 +69,7 @@ def served(tmp_path, monkeypatch):
     www = tmp_path / "www"
     www.mkdir()
     rng = np.random.default_rng(0)
-    shapes = {"images": (12, 3, 3), "labels": (12,)}
+    shapes = {"images": (12, 4, 4), "labels": (12,)}
     sums = {}
     for name in FILES:
         array = rng.integers(0, 10, shapes["images" if "images" in name else "labels"], dtype=np.uint8)
@@ -176,6 +180,51 @@ def test_unknown_hash_is_recorded_not_checked(served, server_for, tmp_path, monk
     digest = hashlib.sha256((served / FILES[0]).read_bytes()).hexdigest()
     assert (dest / "SHA256SUMS").read_text() == f"{digest}  {FILES[0]}\n"
     assert "warning: no known SHA-256" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "base_url", ["", "  ", "ftp://127.0.0.1/mnist/", "file:///tmp/mnist/", "127.0.0.1:8000/mnist/", "http://",
+                 "http://[::1/", "https:/host/mnist/"],
+)
+def test_base_url_must_be_an_http_url(served, tmp_path, monkeypatch, base_url):
+    def no_network(*args):
+        raise AssertionError("no download may be attempted")
+
+    monkeypatch.setattr(dl, "_fetch_once", no_network)
+    dest = tmp_path / "data"
+    message = rf"^base_url {re.escape(repr(base_url))} is not an http\(s\) URL: give one like https://host/path/"
+    with pytest.raises(VaekitError, match=message):
+        dl.download("mnist", dest, base_url=base_url, progress=False)
+    assert not dest.exists()
+
+
+def test_no_base_url_means_the_standard_mirrors(served, server_for, tmp_path, monkeypatch):
+    _, url = server_for()
+    monkeypatch.setitem(dl.SOURCES["mnist"], "urls", ("http://127.0.0.1:9/", url))  # the first one is down
+    dest = dl.download("mnist", tmp_path / "data", base_url=None, retries=0, progress=False)
+    assert all((dest / name).read_bytes() == (served / name).read_bytes() for name in FILES)
+
+
+def test_negative_retries_is_an_error(served, tmp_path):
+    with pytest.raises(VaekitError, match="^retries must be 0 or more, got -1$"):
+        dl.download("mnist", tmp_path / "data", base_url="http://127.0.0.1:9/", retries=-1, progress=False)
+
+
+def test_unusable_destination_says_why(served, server_for, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VaekitError, match=rf"^{tmp_path / 'file'}: cannot create the download folder \(File exists\)$"):
+        dl.download("mnist", tmp_path / "file", base_url="http://127.0.0.1:9/", progress=False)
+
+    def read_only_folder(file, mode="r", *args, **kwargs):  # the tests run as root: chmod blocks nothing
+        if "w" in mode or "a" in mode:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(dl, "open", read_only_folder, raising=False)
+    _, url = server_for()
+    part = tmp_path / "data" / f"{FILES[0]}.part"
+    with pytest.raises(VaekitError, match=rf"^{part}: cannot write \(Permission denied\)$"):
+        dl.download("mnist", tmp_path / "data", base_url=url, progress=False)
 
 
 def test_unknown_dataset():

@@ -35,6 +35,10 @@ IDX_FILES = {
 IDX_CLASSES = 10  # every dataset of the MNIST family has 10 classes
 SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}  # Debian: dataset-fashion-mnist
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+UNLABELLED_DIRS = ("unlabelled", "unlabeled")  # image-folder subfolders of images whose label is unknown
+UNKNOWN = -1  # the label of an image whose class is not known (semi-supervised data)
+MIN_SIZE = 4  # the smallest image height and width the networks take
+CHANNELS = (1, 3)  # grayscale or RGB
 # What np.load raises on a damaged or foreign file.
 _NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError,
                struct.error, OverflowError, MemoryError)
@@ -42,7 +46,7 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib
 
 @dataclass
 class Split:
-    """One part of a dataset. x: (N, C, H, W) uint8 levels or float32 in [0, 1]; y: (N,) int64 or None."""
+    """One part of a dataset. x: (N, C, H, W) uint8 levels or float32 in [0, 1]; y: (N,) int64 (-1: unknown) or None."""
 
     x: torch.Tensor
     y: torch.Tensor | None
@@ -62,7 +66,7 @@ class ImageDataset:
     train: Split
     val: Split
     test: Split
-    num_classes: int  # 0 when there are no labels
+    num_classes: int  # 0 when there are no labels, or only unknown (-1) ones
     image_shape: tuple[int, int, int]  # (C, H, W)
 
     @property
@@ -94,6 +98,10 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     if path.is_dir():
         x, y, num_classes = _read_image_folder(path)
         return _split_dataset(name, x, y, 255.0, cfg, num_classes)
+    if path.exists():
+        raise VaekitError(f"{path}: not a dataset: use a .npz file or an image folder")
+    if "/" in name or os.sep in name:
+        raise VaekitError(f"{path}: no such file or folder")
     raise VaekitError(
         f"unknown dataset '{name}': use one of {', '.join(NAMED_DATASETS)}, a .npz file or an image folder"
     )
@@ -210,11 +218,20 @@ def _split_dataset(
     """Seeded split of (x (N, C, H, W), y (N,)) into train/val[/test]; `test` if the source has one.
 
     Without a given test set, round(test_fraction * N) images are held out for testing first; then
-    round(val_fraction * remaining) of the rest for validation.
+    round(val_fraction * remaining) of the rest for validation. Every source passes here, so the
+    checks that do not depend on the file format (image size, labels) are made here too.
     """
     for field in ("val_fraction", "test_fraction"):
         if not 0 <= getattr(cfg, field) < 1:
             raise VaekitError(f"{field} must be in [0, 1), got {getattr(cfg, field)}")
+    h, w = x.shape[2:]
+    if min(h, w) < MIN_SIZE:
+        raise VaekitError(
+            f"dataset '{name}': images are {h}x{w} (height x width, shape {tuple(x.shape[1:])}): "
+            f"too small, need at least {MIN_SIZE}x{MIN_SIZE}"
+        )
+    if num_classes is None and y is not None:
+        num_classes = _num_classes(name, y if test is None else np.concatenate([y, test[1]]))
     order = np.random.default_rng(cfg.split_seed).permutation(len(x))
     n_test = 0 if test is not None else round(cfg.test_fraction * len(x))
     n_val = round(cfg.val_fraction * (len(x) - n_test))
@@ -229,9 +246,25 @@ def _split_dataset(
             f"dataset '{name}' has {len(x)} images: too few for val_fraction={cfg.val_fraction}, "
             f"test_fraction={cfg.test_fraction} (the {' and '.join(empty)} split would be empty)"
         )
-    if num_classes is None:
-        num_classes = 0 if y is None else int(max(y.max(), -1 if test is None else test[1].max())) + 1
-    return ImageDataset(name, splits["train"], splits["val"], splits["test"], num_classes, tuple(x.shape[1:]))
+    return ImageDataset(name, splits["train"], splits["val"], splits["test"], num_classes or 0, tuple(x.shape[1:]))
+
+
+def _num_classes(name: str, y: np.ndarray) -> int:
+    """K for labels y in 0..K-1 with every class present, and -1 (unknown) allowed; 0 if none is known."""
+    if len(y) and y.min() < UNKNOWN:
+        raise VaekitError(f"dataset '{name}': labels must be -1 (unknown) or 0..K-1, found {y.min()}")
+    present = np.unique(y[y >= 0])
+    if not len(present):
+        return 0
+    k = int(present[-1]) + 1
+    if len(present) < k:  # the first few absent classes, without listing 0..K-1 (K may be huge)
+        absent = np.setdiff1d(np.arange(min(k, len(present) + 5)), present)[:5].tolist()
+        more = ", ..." if k - len(present) > len(absent) else ""
+        raise VaekitError(
+            f"dataset '{name}': labels must be 0..K-1 with an image for every class, but {k - len(present)} "
+            f"of the classes 0..{k - 1} have no images: {', '.join(map(str, absent))}{more}"
+        )
+    return k
 
 
 def _split(x: np.ndarray, y: np.ndarray | None, max_value: float) -> Split:
@@ -252,17 +285,33 @@ def _load_idx_dataset(name: str, cfg: DataConfig) -> ImageDataset:
 
 
 def _find_idx_files(name: str, cfg: DataConfig) -> dict[str, tuple[Path, Path]]:
-    """Search --data-dir (itself, then NAME inside), the cache, then system folders."""
-    folders = []
-    if cfg.data_dir:
+    """Search --data-dir (itself, then NAME inside) if given, and only there; else the cache, then system folders."""
+    if cfg.data_dir is not None:
         data_dir = Path(cfg.data_dir).expanduser()
-        folders += [data_dir, data_dir / name]
-    folders.append(default_cache_dir() / name)
-    folders += [SYSTEM_DIRS[name]] if name in SYSTEM_DIRS else []
+        if not str(cfg.data_dir).strip():
+            raise VaekitError("data_dir is empty: give the folder holding the IDX files, or leave it out")
+        if not data_dir.exists():
+            raise VaekitError(f"data_dir {data_dir} does not exist")
+        if not data_dir.is_dir():
+            raise VaekitError(f"data_dir {data_dir} is not a folder")
+        folders = [data_dir, data_dir / name]
+    else:
+        folders = [default_cache_dir() / name] + ([SYSTEM_DIRS[name]] if name in SYSTEM_DIRS else [])
+    found = {}
     for folder in folders:
-        found = {part: tuple(_idx_file(folder, stem) for stem in stems) for part, stems in IDX_FILES.items()}
-        if all(all(pair) for pair in found.values()):
-            return found
+        found[folder] = {part: tuple(_idx_file(folder, stem) for stem in stems) for part, stems in IDX_FILES.items()}
+        if all(all(pair) for pair in found[folder].values()):
+            return found[folder]
+    if cfg.data_dir is not None:
+        # Name what is missing in the folder that holds the most of the four files.
+        best = max(folders, key=lambda f: sum(p is not None for pair in found[f].values() for p in pair))
+        missing = [f"{stem}[.gz]" for part, stems in IDX_FILES.items()
+                   for stem, p in zip(stems, found[best][part]) if p is None]
+        raise VaekitError(
+            f"{name} not found in data_dir {data_dir}: {best} lacks {', '.join(missing)} (also looked in "
+            f"{folders[1] if best == folders[0] else folders[0]}); run `vaekit download {name} --dest FOLDER` "
+            "and pass that FOLDER as --data-dir"
+        )
     hint = " or `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else ""
     raise VaekitError(
         f"{name} not found: looked for {IDX_FILES['train'][0]}[.gz] and the 3 other IDX files in "
@@ -287,9 +336,14 @@ def _read_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """An IDX array of unsigned bytes with `ndim` dimensions (read-only view of the file's bytes)."""
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
-        raise VaekitError(f"{path}: cannot read ({e}); delete it and download it again") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise _cannot_read(path, e) from None
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:  # OSError: gzip.BadGzipFile
+            raise VaekitError(f"{path}: damaged gzip file ({e}); delete it and download it again") from None
     header = 4 * (ndim + 1)
     if len(data) < header:
         raise VaekitError(f"{path}: truncated IDX file ({len(data)} bytes, shorter than its header)")
@@ -309,27 +363,37 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
-    """x as (N, C, H, W) uint8 (max 255) or float32 (max 1.0), optional labels y (N,)."""
-    if not path.is_file():
-        raise VaekitError(f"{path}: no such file")
-    try:
-        # An open file rather than a path: np.load leaks its own file handle when the zip is damaged.
-        with open(path, "rb") as f:
-            npz = np.load(f, allow_pickle=False)
-            if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array
-                raise ValueError("a single .npy array, not an .npz archive with 'x' (and 'y')")
-            with npz:
-                if "x" not in npz.files:
-                    raise VaekitError(f"{path}: no array 'x' (it holds {', '.join(npz.files) or 'nothing'})")
-                x, y = npz["x"], npz["y"] if "y" in npz.files else None
-    except _NPZ_ERRORS as e:
-        raise VaekitError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
+    """x as (N, C, H, W) uint8 (max 255) or float32 (max 1.0), optional labels y (N,) (-1: unknown)."""
 
     def bad(problem: str) -> VaekitError:
         return VaekitError(f"{path}: {problem}")
 
+    try:
+        # An open file rather than a path: np.load leaks its own file handle when the zip is damaged.
+        with open(path, "rb") as f:
+            # np.load would take anything else for a pickle (and then complain about pickles).
+            magic = f.read(6)
+            if magic.startswith(b"\x93NUMPY"):
+                raise bad("a single .npy array, not an .npz archive with 'x' (and 'y')")
+            if magic[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+                raise bad(f"not a valid .npz file ({'empty' if not magic else 'not a zip archive'})")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as npz:
+                if "x" not in npz.files:
+                    raise bad(f"no array 'x' (it holds {', '.join(npz.files) or 'nothing'})")
+                x, y = npz["x"], npz["y"] if "y" in npz.files else None
+    except _NPZ_ERRORS as e:
+        if isinstance(e, OSError) and e.errno is not None:  # the file system's complaint, not the content's
+            raise _cannot_read(path, e) from None
+        raise bad(f"not a valid .npz file ({type(e).__name__}: {e})") from None
+
     if x.ndim not in (3, 4):
         raise bad(f"x has shape {x.shape}, expected (N, H, W) or (N, C, H, W)")
+    if x.ndim == 4 and x.shape[1] not in CHANNELS:
+        c, h, w = x.shape[1:]
+        if w in (1, 3, 4) and min(c, h) >= 2 * w:
+            raise bad(f"x has shape {x.shape}, which looks channels-last (N, H, W, C): transpose to (N, C, H, W)")
+        raise bad(f"x has shape {x.shape}: {c} channels, expected (N, C, H, W) with C = 1 (grayscale) or 3 (RGB)")
     x = x[:, None] if x.ndim == 3 else x
     if x.size == 0:
         raise bad(f"x has shape {x.shape}: the dataset is empty")
@@ -350,9 +414,17 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
             raise bad(f"y must be a 1-d integer array of labels, got {y.dtype} with shape {y.shape}")
         if len(y) != len(x):
             raise bad(f"x holds {len(x)} images but y {len(y)} labels")
-        if y.min() < 0:
-            raise bad(f"labels must be 0 or more, found {y.min()}")
+        if y.dtype == np.uint64 and len(y) and y.max() > np.iinfo(np.int64).max:  # would wrap to negative
+            raise bad(f"labels must be -1 (unknown) or 0..K-1 with an image for every class, found {y.max()}")
+        y = y.astype(np.int64, copy=False)
     return x, y, max_value
+
+
+def _cannot_read(path: Path, e: OSError) -> VaekitError:
+    """One line for an OSError on a user-given path: the path and the system's reason."""
+    if isinstance(e, FileNotFoundError):
+        return VaekitError(f"{path}: no such file or folder")
+    return VaekitError(f"{path}: cannot read ({e.strerror or e})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,26 +434,33 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None, float]:
 def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Images (N, C, H, W) uint8, labels from class subfolders (sorted names) or None, number of classes.
 
+    A subfolder named unlabelled (or unlabeled) holds images of unknown class: label -1, not a class.
+    Images are either all loose in `root` (no labels) or all in subfolders, never both.
     Grayscale (C=1) unless some image has colour, then every image is RGB (C=3).
     """
     from PIL import Image
 
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    folders = [root / c for c in classes] or [root]
-    files = [
-        (f, label)
-        for label, folder in enumerate(folders)
-        for f in sorted(folder.iterdir())
-        if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-    ]
+    subfolders = [d for d in _listdir(root) if d.is_dir() and not d.name.startswith(".")]
+    loose = _images_in(root)
+    if subfolders and loose:
+        raise VaekitError(
+            f"{root}: {len(loose)} loose image(s) next to the subfolder(s) {', '.join(d.name for d in subfolders)}: "
+            "move them into a class subfolder (or unlabelled/ if their class is unknown), or remove the subfolders"
+        )
+    classes = [d for d in subfolders if d.name.lower() not in UNLABELLED_DIRS]
+    files = [(f, label) for label, folder in enumerate(classes) for f in _images_in(folder, class_folder=True)]
+    files += [(f, UNKNOWN) for d in subfolders if d.name.lower() in UNLABELLED_DIRS for f in _images_in(d)]
+    files = files if subfolders else [(f, UNKNOWN) for f in loose]
     if not files:
         raise VaekitError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     images = []
     for f, _ in files:
         try:
-            with Image.open(f) as im:
+            with open(f, "rb") as stream, Image.open(stream) as im:
                 rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise _cannot_read(f, e) from None
             raise VaekitError(f"{f}: cannot read image ({e})") from None
         if images and rgb.shape != images[0].shape:
             h, w, h0, w0 = *rgb.shape[:2], *images[0].shape[:2]
@@ -390,5 +469,20 @@ def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
     x = np.stack(images).transpose(0, 3, 1, 2)  # (N, 3, H, W)
     gray = bool((x[:, :1] == x[:, 1:]).all())
     x = np.ascontiguousarray(x[:, :1] if gray else x)
-    y = np.array([label for _, label in files], np.int64) if classes else None
+    y = np.array([label for _, label in files], np.int64) if subfolders else None
     return x, y, len(classes)
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise _cannot_read(folder, e) from None
+
+
+def _images_in(folder: Path, class_folder: bool = False) -> list[Path]:
+    """The image files of `folder` by name; a class folder without any is an error."""
+    images = [f for f in _listdir(folder) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    if class_folder and not images:
+        raise VaekitError(f"{folder}: class folder without images ({', '.join(IMAGE_SUFFIXES)}); every class needs one")
+    return images

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -67,14 +68,25 @@ def download(
 ) -> Path:
     """Fetch and verify the IDX files of dataset `name` into dest (default: cache/NAME); return dest.
 
-    Files already present with the right hash are skipped. base_url replaces the standard mirrors.
-    Each file gets 1 + `retries` attempts per mirror, with exponential backoff between them.
+    Files already present with the right hash are skipped. base_url (an http(s) URL) replaces the
+    standard mirrors; only None means the standard ones. Each file gets 1 + `retries` attempts per
+    mirror, with exponential backoff between them.
     """
     if name not in SOURCES:
         raise VaekitError(f"cannot download '{name}': known datasets are {', '.join(SOURCES)}")
+    if base_url is not None and not _is_http_url(base_url):
+        raise VaekitError(
+            f"base_url {base_url!r} is not an http(s) URL: give one like https://host/path/, "
+            "or none for the standard mirrors"
+        )
+    if retries < 0:
+        raise VaekitError(f"retries must be 0 or more, got {retries}")
     dest = Path(dest) if dest is not None else default_cache_dir() / name
-    dest.mkdir(parents=True, exist_ok=True)
-    mirrors = (base_url,) if base_url else SOURCES[name]["urls"]
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VaekitError(f"{dest}: cannot create the download folder ({e.strerror or e})") from None
+    mirrors = (base_url,) if base_url is not None else SOURCES[name]["urls"]
     unverified = {}
     for filename, expected in SOURCES[name]["sha256"].items():
         target = dest / filename
@@ -104,12 +116,20 @@ def download(
     return dest
 
 
+def _is_http_url(url: object) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # e.g. an unclosed [ of an IPv6 host
+        return False
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _fetch(mirrors: tuple[str, ...], filename: str, part: Path, retries: int, progress: bool) -> str:
     """Download filename into `part` from the first mirror that works; return its URL."""
     errors = []
     for base in mirrors:
         url = base.rstrip("/") + "/" + filename
-        for attempt in range(max(retries, 0) + 1):
+        for attempt in range(retries + 1):
             if attempt:
                 time.sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
@@ -144,7 +164,11 @@ def _fetch_once(url: str, part: Path, progress: bool) -> None:
             offset = 0  # a full answer (200): start again
         expected = response.length  # bytes still to come, if the server said
         received = 0
-        with open(part, "ab" if offset else "wb") as f, tqdm(
+        try:
+            f = open(part, "ab" if offset else "wb")
+        except OSError as e:  # not transient: the folder, not the network
+            raise VaekitError(f"{part}: cannot write ({e.strerror or e})") from None
+        with f, tqdm(
             total=None if expected is None else offset + expected, initial=offset, unit="B", unit_scale=True,
             desc=url.rsplit("/", 1)[1], disable=None if progress else True, leave=False,
         ) as bar:
@@ -157,5 +181,8 @@ def _fetch_once(url: str, part: Path, progress: bool) -> None:
 
 
 def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
