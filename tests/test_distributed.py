@@ -14,13 +14,12 @@ SCRIPT = """
 import os, sys
 from safetensors.torch import save_file
 import vaekit
-loop = sys.modules["vaekit.train"]  # the module; vaekit.train is the API function
 captured = []
-class Recorded(loop.VAE):
+class Recorded(vaekit.VAE):
     def __init__(self, cfg):
         super().__init__(cfg)
         captured.append(self)
-loop.VAE = Recorded
+vaekit.MODELS["vae"] = Recorded
 vaekit.train({out!r}, dataset="digits", epochs={epochs}, width=8, hidden=64, latent_dim=4, progress=False)
 save_file(captured[0].state_dict(), os.path.join({tmp!r}, f"rank{{os.environ['RANK']}}.safetensors"))
 """

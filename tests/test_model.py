@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from vaekit import ModelConfig, VaekitError
-from vaekit.models import VAE
+from vaekit.models import CVAE, VAE
+from vaekit.models.vae import CVAEConfig
 from vaekit.objectives import elbo
 
 
@@ -62,7 +63,7 @@ def test_beta_and_free_bits_change_only_the_training_loss():
 
 
 def test_conditioning_changes_decoder_output_for_same_z():
-    model = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=10, latent_dim=3))
+    model = CVAE(CVAEConfig(image_shape=(1, 8, 8), num_classes=10, latent_dim=3))
     z = torch.randn(5, 3)
     a = model.likelihood(z, torch.full((5,), 2)).base_dist.logits
     b = model.likelihood(z, torch.full((5,), 7)).base_dist.logits
@@ -72,20 +73,20 @@ def test_conditioning_changes_decoder_output_for_same_z():
 
 
 def test_conditional_sampling_checks_labels():
-    cvae = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=10))
+    cvae = CVAE(CVAEConfig(image_shape=(1, 8, 8), num_classes=10))
     assert cvae.sample(4, labels=7).shape == (4, 1, 8, 8)
     assert cvae.sample(3, labels=[0, 1, 2]).shape == (3, 1, 8, 8)
-    with pytest.raises(VaekitError, match="needs labels"):
+    with pytest.raises(VaekitError, match="give labels"):
         cvae.sample(4)
     with pytest.raises(VaekitError, match="0..9"):
         cvae.sample(2, labels=[3, 10])
-    with pytest.raises(VaekitError, match="not conditional"):
+    with pytest.raises(VaekitError, match="draws no classes"):
         VAE(ModelConfig(image_shape=(1, 8, 8))).sample(2, labels=1)
 
 
 def test_class_prior_is_a_gaussian_per_class_used_by_objective_and_sampling():
     torch.manual_seed(0)
-    cvae = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=3, latent_dim=2))
+    cvae = CVAE(CVAEConfig(image_shape=(1, 8, 8), num_classes=3, latent_dim=2))
     with torch.no_grad():
         cvae.class_prior_loc.copy_(torch.tensor([[0.0, 0.0], [5.0, -5.0], [0.0, 9.0]]))
         cvae.class_prior_log_scale.copy_(torch.log(torch.tensor([[1.0, 1.0], [0.1, 0.1], [2.0, 0.5]])))
@@ -112,7 +113,7 @@ def test_class_prior_is_a_gaussian_per_class_used_by_objective_and_sampling():
 
 
 def test_without_class_prior_the_cvae_prior_is_standard_normal():
-    cvae = VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=3, latent_dim=2, class_prior=False))
+    cvae = CVAE(CVAEConfig(image_shape=(1, 8, 8), num_classes=3, latent_dim=2, class_prior=False))
     assert not any("class_prior" in name for name, _ in cvae.named_parameters())
     prior = cvae.prior(torch.tensor([1, 2]))
     assert torch.equal(prior.mean, torch.zeros(2)) and torch.equal(prior.stddev, torch.ones(2))
@@ -120,19 +121,21 @@ def test_without_class_prior_the_cvae_prior_is_standard_normal():
 
 def test_cvae_needs_classes():
     with pytest.raises(VaekitError, match="labelled"):
-        VAE(ModelConfig(image_shape=(1, 8, 8), model="cvae", num_classes=0))
+        CVAE(CVAEConfig(image_shape=(1, 8, 8), num_classes=0))
 
 
 def test_conditional_accuracy_on_a_fake_classifier_with_known_answers():
-    from types import SimpleNamespace
 
     from torch import nn
 
     from vaekit.classifier import conditional_accuracy_per_class
 
-    class FakeModel:  # "samples" whose pixels all equal the requested class
-        cfg = SimpleNamespace(num_classes=4)
-        prior_loc = torch.zeros(1)
+    class FakeModel(nn.Module):  # "samples" whose pixels all equal the requested class
+        num_classes = 4
+
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1))
 
         def sample(self, n, labels):
             return torch.as_tensor(labels, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2)

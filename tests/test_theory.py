@@ -31,7 +31,7 @@ from vaekit.distributions import (
 )
 from vaekit.evaluate import evaluate
 from vaekit.models import VAE
-from vaekit.objectives import elbo, importance_samples, iwae_bound
+from vaekit.objectives import elbo, gaussian_latent_bounds, importance_samples, iwae_bound
 
 LATENT, PIXELS = 2, 5  # d, D
 
@@ -51,7 +51,7 @@ class LinearGaussian:
     x: (B, 1, 1, D) so that the pixel likelihood sums over the same 3 image dimensions as for images.
     """
 
-    conditional = False  # what evaluate() asks of a model
+    labels = "none"  # the model contract (models/base.py), as far as evaluate() asks
 
     def __init__(self, W, b, s: float, A, m, scale):
         """W: (D, d), b: (D,), s: the pixel noise; A: (d, D), m: (d,), scale: (d,) parametrize q."""
@@ -70,6 +70,13 @@ class LinearGaussian:
 
     def eval(self):
         return self
+
+    # ---- what evaluate() asks of a model (models/base.py)
+    def bounds(self, x, y, num_samples, chunk):
+        return gaussian_latent_bounds(self, x, num_samples=num_samples, chunk=chunk)
+
+    def encode(self, x, y=None):
+        return self.posterior(x).mean
 
     # ---- closed-form references
     def evidence(self) -> MultivariateNormal:

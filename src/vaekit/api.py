@@ -3,7 +3,7 @@
     import vaekit
     run = vaekit.train("runs/digits", dataset="digits", epochs=50)
     report = vaekit.evaluate(run, iw_samples=1000)      # dict: neg_elbo, nll, active_units, ...
-    model = vaekit.load(run)                            # a VAE in eval mode
+    model = vaekit.load(run)                            # the model in eval mode
     images = model.sample(16)                           # (16, C, H, W) in [0, 1]
 """
 
@@ -16,24 +16,31 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import DataConfig, ModelConfig, TrainConfig
-from .data import binarization, load_dataset, test_targets
+from . import models
+from .config import DataConfig, ModelConfig, TrainConfig, flag
+from .data import Split, binarization, load_dataset, test_targets
 from .errors import VaekitError
 from .evaluate import evaluate as evaluate_model
-from .models import VAE
 from .train import fit, resolve_device
 
-CONFIGS = (DataConfig, ModelConfig, TrainConfig)
 RESUME_CHANGES = {"epochs", "device"}  # the settings a resumed run may change
 
 
 def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
-    """Split keyword options (any field of DataConfig, ModelConfig, TrainConfig) into the three configs."""
-    known = {f.name: cls for cls in CONFIGS for f in dataclasses.fields(cls)}
+    """Split keyword options (fields of DataConfig, the chosen model's config, TrainConfig) into the
+    three configs; each checks its values (types, choices, ranges) as it is built."""
+    model_config = models.model_class(options.get("model", "vae")).Config
+    classes = (DataConfig, model_config, TrainConfig)
+    known = {f.name: cls for cls in classes for f in dataclasses.fields(cls) if "help" in f.metadata or f.name == "model"}
     unknown = sorted(set(options) - set(known))
     if unknown:
+        owners = {f.name: name for name, cls in models.MODELS.items() for f in dataclasses.fields(cls.Config)
+                  if "help" in f.metadata}
+        if any(k in owners for k in unknown):
+            raise VaekitError(", ".join(f"{flag(k)} is a setting of --model {owners[k]}" for k in unknown if k in owners)
+                              + f", not of --model {options.get('model', 'vae')}")
         raise VaekitError(f"unknown option(s) {unknown}")
-    return tuple(cls(**{k: v for k, v in options.items() if known[k] is cls}) for cls in CONFIGS)  # type: ignore[return-value]
+    return tuple(cls(**{k: v for k, v in options.items() if known[k] is cls}) for cls in classes)  # type: ignore[return-value]
 
 
 def train(
@@ -48,7 +55,7 @@ def train(
         if changed:
             raise VaekitError(f"--resume continues a run with its own settings: only --epochs and --device may change, got {changed}")
         data_cfg, model_cfg, train_cfg = ckpt.read_config(Path(out))
-        if "epochs" in options:
+        if isinstance(options.get("epochs"), int) and not isinstance(options["epochs"], bool):
             options["epochs"] = max(options["epochs"], train_cfg.epochs)
         train_cfg = dataclasses.replace(train_cfg, **options)
     else:
@@ -56,20 +63,20 @@ def train(
     return fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress)
 
 
-def load(run: str | Path, device: str = "cpu") -> VAE:
+def load(run: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The best model of a run folder, in eval mode."""
     return ckpt.load_model(Path(run), resolve_device(device))
 
 
 def evaluation_data(run: str | Path, dataset: str | None = None, data: str | None = None, data_dir: str | None = None):
-    """(images, labels, description) to evaluate a run on: its own test split by default, the test
+    """(split, data config, binarization) to evaluate a run on: its own test split by default, the test
     split of another dataset, or every image of a .npz file; binarized as in training, with a fixed seed."""
     data_cfg, model_cfg, _ = ckpt.read_config(Path(run))
     if dataset is not None and data is not None:
         raise VaekitError("give --dataset or --data, not both")
     if dataset is not None or data is not None:
         data_cfg = dataclasses.replace(data_cfg, dataset=dataset or data, data_dir=data_dir or data_cfg.data_dir)
-    source = load_dataset(data_cfg)
+    source = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0))  # evaluation sees every known label
     if source.image_shape != tuple(model_cfg.image_shape):
         raise VaekitError(
             f"the model takes images of shape {tuple(model_cfg.image_shape)} but {data_cfg.dataset} has {source.image_shape}"
@@ -77,11 +84,12 @@ def evaluation_data(run: str | Path, dataset: str | None = None, data: str | Non
     mode = binarization(data_cfg.binarize, model_cfg.likelihood, source)
     split = source.test
     if data is not None:  # a whole file: evaluate every image in it
-        from .data import Split
-
         parts = (source.train, source.val, source.test)
         ys = None if source.train.y is None else torch.cat([p.y for p in parts])
-        split = Split(torch.cat([p.x for p in parts]), ys, source.train.max_value)
+        split = Split(torch.cat([p.x for p in parts]), ys, source.train.max_value, torch.cat([p.index for p in parts]))
+    if split.y is not None and model_cfg.num_classes and int(split.y.max()) >= model_cfg.num_classes:
+        raise VaekitError(f"{data_cfg.dataset} has labels up to {int(split.y.max())}, but the model knows "
+                          f"{model_cfg.num_classes} classes (0..{model_cfg.num_classes - 1})")
     return split, data_cfg, mode
 
 
@@ -97,31 +105,30 @@ def evaluate(
     samples_per_class: int = 1000,
     limit: int | None = None,
     log: Callable[[str], None] | None = None,
+    progress: bool | None = False,
 ) -> dict:
     """Test-set -ELBO, its parts, the IWAE estimate of -log p(x) and latent usage of a run; see evaluate.py.
-    `log` hears of slow one-off work (training a CVAE's judge)."""
-    if iw_samples < 1:
-        raise VaekitError(f"--iw-samples must be at least 1, got {iw_samples}")
+    `log` hears of slow one-off work (e.g. training a judge of a model's samples)."""
+    for name, value in (("--iw-samples", iw_samples), ("--samples-per-class", samples_per_class),
+                        ("--limit", limit), ("--max-batch", max_batch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise VaekitError(f"{name} must be a whole number of at least 1, got {value!r}")
     dev = resolve_device(device)
     model = ckpt.load_model(Path(run), dev)
     split, data_cfg, mode = evaluation_data(run, dataset, data, data_dir)
     targets = test_targets(split, data_cfg.split_seed, mode, dev)
     if limit is not None:  # the first `limit` test images
-        if limit < 1:
-            raise VaekitError(f"--limit must be at least 1, got {limit}")
         targets.x, targets.y = targets.x[:limit], None if targets.y is None else targets.y[:limit]
-    if model.conditional and targets.y is None:
-        raise VaekitError(f"{data_cfg.dataset} has no labels, and a conditional VAE is evaluated on labelled images")
-    result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch)
+    if model.labels == "all" and (targets.y is None or bool((targets.y < 0).any())):
+        raise VaekitError(f"{data_cfg.dataset} lacks labels, and --model {model.cfg.model} is evaluated on "
+                          "labelled images (its nll is -log p(x|c))")
+    result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch, progress=progress)
     result["dataset"] = data_cfg.dataset
-    if model.conditional:  # nll is -log p(x|c); judge the class-conditional samples too
-        from .classifier import cached_classifier, conditional_accuracy_per_class
+    context = models.EvalContext(Path(run), lambda: load_dataset(data_cfg), dev, log, samples_per_class)
+    result.update(model.metrics(context))
+    from .latent_classifier import label_error  # M1: a classifier on the latent means, if the run has one
 
-        classifier, result["classifier_accuracy"] = cached_classifier(Path(run), load_dataset(data_cfg), dev, log=log)
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(0)
-            per_class = conditional_accuracy_per_class(model, classifier, samples_per_class)
-        result["conditional_accuracy"] = sum(per_class) / len(per_class)
-        result["conditional_accuracy_per_class"] = per_class
-        result["samples_per_class"] = samples_per_class
+    m1 = label_error(Path(run), model, targets.x, targets.y)
+    if m1 is not None:
+        result["label_error"], result["label_error_se"] = m1
     return result

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,10 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as e:  # disk full, read-only folder, quota: the previous file is untouched
         if tmp:
             Path(tmp).unlink(missing_ok=True)
-        raise VaekitError(f"could not write {path}: {e.strerror or e}; the previous version of it is intact") from None
+        if not path.parent.is_dir():
+            raise VaekitError(f"could not write {path}: the folder {path.parent} does not exist") from None
+        kept = "; the previous version of it is intact" if path.exists() else ""
+        raise VaekitError(f"could not write {path}: {e.strerror or e}{kept}") from None
     except BaseException:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
@@ -85,18 +89,110 @@ def save_config(folder: Path, data: DataConfig, model: ModelConfig, train: Train
     atomic_write(Path(folder) / CONFIG, (json.dumps(doc, indent=2) + "\n").encode())
 
 
+LOCK, REPLACED = ".vaekit.lock", ".replaced"  # the run folder's lock; an old run moved aside by --overwrite
+BOOKKEEPING = {LOCK, REPLACED}
+
+
+def _entries(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name not in BOOKKEEPING]
+
+
 def prepare_run_folder(out: Path, overwrite: bool) -> None:
-    """Create `out` for a new run; an existing run is replaced only with overwrite, other files never."""
+    """Make `out` ready for a new run. An existing run is replaced only with overwrite, and then only
+    moved aside (into out/.replaced) until the new run's first checkpoint; other files are never touched."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VaekitError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and _entries(out):
         if not is_run(out):
             raise VaekitError(f"{out} holds files that are not a vaekit run: choose another --out")
         if not overwrite:
             raise VaekitError(f"{out} already holds a vaekit run: pass --overwrite to replace it, or --resume {out} to continue it")
-        shutil.rmtree(out)
+        aside = out / REPLACED
+        aside.mkdir()
+        for entry in _entries(out):
+            os.replace(entry, aside / entry.name)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def discard_replaced(out: Path) -> None:
+    """The new run has a checkpoint: the run that --overwrite moved aside can go."""
+    if (Path(out) / REPLACED).is_dir():
+        shutil.rmtree(Path(out) / REPLACED)
+
+
+def restore_replaced(out: Path) -> bool:
+    """Put back the run that --overwrite moved aside, removing what the new run wrote before its first
+    checkpoint; returns whether there was one."""
+    out, aside = Path(out), Path(out) / REPLACED
+    if not aside.is_dir():
+        return False
+    for entry in _entries(out):
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in aside.iterdir():
+        os.replace(entry, out / entry.name)
+    aside.rmdir()
+    return True
+
+
+class RunLock:
+    """An exclusive OS lock on a run folder (fcntl.flock on out/.vaekit.lock, released by the kernel
+    when the process dies, even by kill -9), so that two processes never write one run. The holder's
+    pid is in the file, for the message. A folder created here and left empty is removed on release.
+    On entry, an --overwrite that died before the new run's first checkpoint is undone."""
+
+    def __init__(self, out: Path):
+        self.out, self.created, self.fd = Path(out), False, -1
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise VaekitError(f"--out {out} is a file, not a folder")
+        try:
+            self.created = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise VaekitError(f"cannot use {out} as a run folder: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise VaekitError(f"{out} is in use by another vaekit process (pid {holder}): wait for it to finish, "
+                              "or train into another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        if (out / REPLACED).is_dir():
+            if (out / LAST).is_file():  # died between the new run's first checkpoint and the clean-up
+                discard_replaced(out)
+            elif restore_replaced(out):
+                print(f"vaekit: restored the run in {out} that an interrupted --overwrite had moved aside",
+                      file=sys.stderr)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.created and not _entries(self.out):  # nothing was written: leave no trace
+                (self.out / LOCK).unlink(missing_ok=True)
+                self.out.rmdir()
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)  # releases the lock
+
+
+def check_restartable(out: Path) -> None:
+    """A run without last.safetensors may start again only if it never wrote weights or a metrics line:
+    a finished or partly trained run is never silently replaced."""
+    out = Path(out)
+    written = [name for name in (BEST, METRICS) if (out / name).is_file() and (out / name).stat().st_size > 0]
+    if written:
+        raise VaekitError(
+            f"{out} has {' and '.join(written)} but no {LAST}, so it cannot be resumed; nothing was changed. "
+            f"Restore {LAST}, or start a new run with --out elsewhere (or --overwrite)")
 
 
 def is_run(folder: Path) -> bool:
@@ -116,7 +212,9 @@ def read_config(folder: Path) -> tuple[DataConfig, ModelConfig, TrainConfig]:
             raise VaekitError(
                 f"{folder} was written by vaekit {doc.get('vaekit_version')}, this is {__version__}: retrain or use that version"
             )
-        return from_dict(DataConfig, doc["data"]), from_dict(ModelConfig, doc["model"]), from_dict(TrainConfig, doc["train"])
+        from .models import config_from_dict
+
+        return from_dict(DataConfig, doc["data"]), config_from_dict(doc["model"]), from_dict(TrainConfig, doc["train"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
         raise VaekitError(f"{folder / CONFIG} is not a valid vaekit config: {e}") from None
 
@@ -132,10 +230,10 @@ def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor
 
 def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = BEST) -> torch.nn.Module:
     """The model of a run folder with its best (or another) weights, in eval mode."""
-    from .models import VAE
+    from .models import build
 
     _, model_cfg, _ = read_config(folder)
-    model = VAE(model_cfg)
+    model = build(model_cfg)
     tensors, _ = load_tensors(Path(folder) / weights)
     load_state_dict_into(model, tensors, Path(folder) / weights)
     return model.to(device).eval()
@@ -186,6 +284,7 @@ def save_resume_point(
     tensors.update({f"extra.{k}": v for k, v in extra.items()})
     meta = dict(state, param_groups=opt_state["param_groups"])
     save_tensors(folder / LAST, tensors, metadata={"train_state": json.dumps(meta)})
+    discard_replaced(folder)  # a run that --overwrite moved aside is no longer needed
 
 
 def saved_step(folder: Path) -> int | None:

@@ -83,11 +83,17 @@ def train_classifier(
 ) -> tuple[Classifier, float]:
     """Train on the training split (best epoch by validation accuracy); returns (classifier, test accuracy).
     blur_sigma: the largest training blur in pixels of a 28x28 image, scaled to the image size
-    (0: none, the judge of benchmarks/judge.py's first row); each image gets sigma ~ U(0, that)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
+    (0: none, the judge of benchmarks/judge.py's first row); each image gets sigma ~ U(0, that).
+    Repeatable: initialisation, order, augmentation and dropout all follow `seed`."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        classifier = Classifier(dataset.image_shape, dataset.num_classes).to(device)
+        return _train_classifier(dataset, device, epochs, seed, blur_sigma)
+
+
+def _train_classifier(dataset: ImageDataset, device: torch.device, epochs: int | None, seed: int,
+                      blur_sigma: float) -> tuple[Classifier, float]:
+    gen = torch.Generator().manual_seed(seed)
+    classifier = Classifier(dataset.image_shape, dataset.num_classes).to(device)
     x, y = dataset.train.to_float().to(device), dataset.train.y.to(device)
     blur_sigma = blur_sigma * min(dataset.image_shape[1:]) / 28  # 1 px at 28x28 is 0.29 px at 8x8
     xv, yv = dataset.val.to_float().to(device), dataset.val.y.to(device)
@@ -146,13 +152,27 @@ def cached_classifier(
     return classifier, test_acc
 
 
+def judge_conditional_samples(model, context) -> dict:
+    """The judge's report on a model that draws classes: its accuracy on real test images, and the
+    fraction of each class's samples it recognises as that class (context: models.EvalContext)."""
+    if context.run is None:
+        raise VaekitError("judging conditional samples needs the run folder, to cache the judge in")
+    classifier, test_accuracy = cached_classifier(context.run, context.dataset(), context.device, log=context.log)
+    with torch.random.fork_rng(devices=[context.device] if context.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        per_class = conditional_accuracy_per_class(model, classifier, context.samples_per_class)
+    return {"classifier_accuracy": test_accuracy, "conditional_accuracy": sum(per_class) / len(per_class),
+            "conditional_accuracy_per_class": per_class, "samples_per_class": context.samples_per_class}
+
+
 @torch.no_grad()
 def conditional_accuracy_per_class(
     model, classifier: Classifier, samples_per_class: int = 1000, batch_size: int = 2000
 ) -> list[float]:
     """For each class c, the fraction of samples E[x|z,c], z ~ p(z|c), that the classifier labels c."""
-    k = model.cfg.num_classes
-    labels = torch.arange(k, device=model.prior_loc.device).repeat_interleave(samples_per_class)
+    k = model.num_classes
+    device = next(model.parameters()).device
+    labels = torch.arange(k, device=device).repeat_interleave(samples_per_class)
     correct = torch.zeros(k, dtype=torch.long, device=labels.device)
     for c in labels.split(batch_size):
         hit = predict(classifier, model.sample(len(c), labels=c)) == c

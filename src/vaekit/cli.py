@@ -1,6 +1,9 @@
-"""The `vaekit` command. Training flags are generated from the config dataclasses' fields.
+"""The `vaekit` command. Training flags are generated from the config dataclasses' fields: the shared
+ones, then each model's own (models/), so a flag and its field always agree.
 
-Errors a user can cause (VaekitError, bad flags) print one line on stderr and exit with status 2.
+Errors a user can cause (VaekitError, bad flags, an OSError on a path they gave) print one line on
+stderr and exit with status 2. Heavy imports (torch) happen inside main(), so that even a Ctrl-C in
+the first second is one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from .config import DataConfig, ModelConfig, TrainConfig
+from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .errors import Terminated, VaekitError
 
 
@@ -26,37 +29,50 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def _number(kind: type):
+    """argparse type for int/float flags: a clear message for '1.5' given to an int flag."""
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None,
+                     skip: set[str] | None = None) -> None:
     """One flag per documented field of a config dataclass: --latent-dim for latent_dim."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__)
+    group = parser.add_argument_group(title or cls.__name__)
     for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue  # filled in from the data, not a flag
+        if "help" not in f.metadata or (skip and f.name in skip):
+            continue  # filled in from the data, or already a flag
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is bool:
-            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action=argparse.BooleanOptionalAction,
+            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=f.metadata["help"])
             continue
         group.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=kind,
-            default=argparse.SUPPRESS,
-            choices=f.metadata.get("choices"),
+            flag(f.name), dest=f.name, type=_number(kind) if kind in (int, float) else kind,
+            default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
             help=f"{f.metadata['help']} (default: {f.default})",
         )
 
 
 def config_options(args: argparse.Namespace) -> dict:
-    names = {f.name for cls in (DataConfig, ModelConfig, TrainConfig) for f in dataclasses.fields(cls)}
+    from .models import MODELS
+
+    classes = (DataConfig, TrainConfig, *(m.Config for m in MODELS.values()))
+    names = {f.name for cls in classes for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def build_parser() -> Parser:
     from . import __version__
+    from .models import MODELS
 
     parser = Parser(prog="vaekit", description="Train, evaluate and sample variational autoencoders on images.")
     parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
@@ -64,10 +80,17 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("train", help="train a model into a run folder")
     p.add_argument("--out", help="run folder to write (required unless --resume)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (--epochs may be raised)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    for cls in (DataConfig, ModelConfig, TrainConfig):
-        add_config_flags(p, cls)
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (--epochs may be raised, --device changed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (once the new one has a checkpoint)")
+    add_config_flags(p, DataConfig)
+    p.add_argument("--model", default=argparse.SUPPRESS, choices=tuple(MODELS), help="which model (default: vae)")
+    add_config_flags(p, ModelConfig, skip={"model"})
+    shared = {f.name for f in dataclasses.fields(ModelConfig)}
+    for name, cls in MODELS.items():
+        if cls.Config is not ModelConfig:
+            add_config_flags(p, cls.Config, f"--model {name}", skip=shared)
+            shared |= {f.name for f in dataclasses.fields(cls.Config)}
+    add_config_flags(p, TrainConfig)
 
     p = sub.add_parser("evaluate", help="-ELBO, IWAE -log p(x) and latent usage on the test split")
     p.add_argument("run", help="run folder")
@@ -75,31 +98,41 @@ def build_parser() -> Parser:
     source.add_argument("--dataset", help="evaluate on this dataset's test split instead of the run's own")
     source.add_argument("--data", metavar="FILE.npz", help="evaluate on every image of this .npz file")
     p.add_argument("--data-dir", help="folder holding IDX files")
-    p.add_argument("--iw-samples", type=int, default=1000, help="importance samples K (default: 1000)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N test images (quicker, larger standard errors)")
-    p.add_argument("--max-batch", type=int,
+    p.add_argument("--iw-samples", type=_number(int), default=1000, help="importance samples K (default: 1000)")
+    p.add_argument("--limit", type=_number(int), help="evaluate only the first N test images (quicker, larger standard errors)")
+    p.add_argument("--max-batch", type=_number(int),
                    help="(image, sample) pairs per decoder pass, the memory cap (default: 2**21 / pixels, at most 8192)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--samples-per-class", type=int, default=1000,
-                   help="conditional models: samples per class judged by the classifier (default: 1000)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--samples-per-class", type=_number(int), default=1000,
+                   help="models that draw classes: samples per class judged by the classifier (default: 1000)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (undefined numbers are null)")
 
     p = sub.add_parser("sample", help="draw images from the model")
     p.add_argument("run", help="run folder")
-    p.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
-    p.add_argument("--label", type=int, help="class to draw (conditional models)")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_number(int), default=64, help="number of images (default: 64)")
+    p.add_argument("--label", type=_number(int), help="class to draw (models that draw classes)")
+    p.add_argument("--out", required=True, help="image file to write (.png, .jpg, .webp, ...)")
+    p.add_argument("--seed", type=_number(int), default=0)
 
     p = sub.add_parser("reconstruct", help="test images above their reconstructions")
     p.add_argument("run", help="run folder")
-    p.add_argument("--n", type=int, default=16, help="number of test images (default: 16)")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--n", type=_number(int), default=16, help="number of test images (default: 16)")
+    p.add_argument("--out", required=True, help="image file to write")
 
-    p = sub.add_parser("analogy", help="conditional models: test images redrawn as every class")
+    p = sub.add_parser("analogy", help="models that draw classes: test images redrawn as every class")
     p.add_argument("run", help="run folder")
-    p.add_argument("--n", type=int, default=8, help="number of source images (rows, default: 8)")
-    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--n", type=_number(int), default=8, help="number of source images (rows, default: 8)")
+    p.add_argument("--out", required=True, help="image file to write")
+
+    p = sub.add_parser("m1", help="fit M1: a classifier on the latent means of a run's labelled training images")
+    p.add_argument("run", help="run folder (any model)")
+    p.add_argument("--labels-per-class", type=_number(int), default=None,
+                   help="use the labels of only this many training images per class (default: the run's labels)")
+
+    p = sub.add_parser("predict", help="predicted labels and class probabilities (M2, or a run with M1) as CSV")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", metavar="FILE.npz", help="images to label (default: the run's test split)")
+    p.add_argument("--out", help="CSV file to write (default: standard output)")
 
     p = sub.add_parser("download", help="download an IDX dataset into the cache, checking SHA-256")
     p.add_argument("name", choices=("mnist", "fashion-mnist", "kmnist"))
@@ -134,10 +167,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(
         args.run, dataset=args.dataset, data=args.data, data_dir=args.data_dir,
         iw_samples=args.iw_samples, device=args.device, max_batch=args.max_batch,
-        samples_per_class=args.samples_per_class, limit=args.limit,
+        samples_per_class=args.samples_per_class, limit=args.limit, progress=None,
         log=lambda message: print(f"vaekit: {message}", file=sys.stderr, flush=True),
     )
-    print(json.dumps(result) if args.json else format_report(result))
+    print(json.dumps(result, allow_nan=False) if args.json else format_report(result))
     return 0
 
 
@@ -145,59 +178,89 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
-    from .plots import image_grid, save_png
+    from .plots import image_grid, sample_grid, save_image
 
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     model = load(args.run)
-    if args.label is not None and not model.conditional:
-        raise VaekitError(f"--label needs a conditional model, and {args.run} is not one (train with --model cvae)")
+    if args.label is not None and not model.num_classes:
+        raise VaekitError(f"--label needs a model that draws classes, and {args.run} does not (train with --model cvae or m2)")
     torch.manual_seed(args.seed)
-    if model.conditional and args.label is None:
-        from .plots import sample_grid
-
+    if model.num_classes and args.label is None:
         picture = sample_grid(model)
     else:
         picture = image_grid(model.sample(args.n, labels=args.label), nrow=min(args.n, 8))
-    print(save_png(args.out, picture))
+    print(save_image(args.out, picture))
     return 0
 
 
-def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .api import evaluation_data, load
-    from .plots import reconstruction_grid, save_png
+def _test_images(run: str):
+    from .api import evaluation_data
     from .data import test_targets
 
-    model = load(args.run)
-    split, data_cfg, mode = evaluation_data(args.run)
-    targets = test_targets(split, data_cfg.split_seed, mode, "cpu")
-    print(save_png(args.out, reconstruction_grid(model, targets.x, targets.y, n=args.n)))
+    split, data_cfg, mode = evaluation_data(run)
+    return test_targets(split, data_cfg.split_seed, mode, "cpu")
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .api import load
+    from .plots import reconstruction_grid, save_image
+
+    if args.n < 1:
+        raise VaekitError(f"--n must be at least 1, got {args.n}")
+    model, targets = load(args.run), _test_images(args.run)
+    print(save_image(args.out, reconstruction_grid(model, targets.x, targets.y, n=args.n)))
     return 0
 
 
 def cmd_analogy(args: argparse.Namespace) -> int:
-    from .api import evaluation_data, load
-    from .plots import analogy_grid, save_png
-    from .data import test_targets
+    from .api import load
+    from .plots import analogy_grid, save_image
 
+    if args.n < 1:
+        raise VaekitError(f"--n must be at least 1, got {args.n}")
     model = load(args.run)
-    if not model.conditional:
-        raise VaekitError(f"analogies need a conditional model, and {args.run} is not one (train with --model cvae)")
-    split, data_cfg, mode = evaluation_data(args.run)
-    targets = test_targets(split, data_cfg.split_seed, mode, "cpu")
-    print(save_png(args.out, analogy_grid(model, targets.x, targets.y, n=args.n)))
+    if not model.num_classes:
+        raise VaekitError(f"analogies need a model that draws classes, and {args.run} does not (train with --model cvae or m2)")
+    targets = _test_images(args.run)
+    print(save_image(args.out, analogy_grid(model, targets.x, targets.y, n=args.n)))
+    return 0
+
+
+def cmd_m1(args: argparse.Namespace) -> int:
+    from .latent_classifier import fit_m1
+
+    report = fit_m1(Path(args.run), labels_per_class=args.labels_per_class)
+    print(f"M1 fitted on {report['labelled']} labelled training images: validation error "
+          f"{report['val_error']:.4f}; `vaekit evaluate {args.run}` reports its test label_error")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .latent_classifier import predict_csv
+
+    text = predict_csv(Path(args.run), data=args.data)
+    if args.out:
+        from .checkpoint import atomic_write
+
+        atomic_write(Path(args.out), text.encode())
+        print(args.out)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import download
 
-    print(download(args.name, Path(args.dest) if args.dest else None, base_url=args.base_url))
+    if args.dest is not None and not args.dest.strip():
+        raise VaekitError("--dest is empty: give a folder, or leave it out for the cache")
+    print(download(args.name, Path(args.dest) if args.dest is not None else None, base_url=args.base_url))
     return 0
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
-            "analogy": cmd_analogy, "download": cmd_download}
+            "analogy": cmd_analogy, "m1": cmd_m1, "predict": cmd_predict, "download": cmd_download}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -209,16 +272,22 @@ def _terminate(signum: int, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
     # SIGTERM (kill, a job scheduler) stops like Ctrl-C: one line, not a silent death. The training
     # loop installs its own handler, which checkpoints first.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
+        args = build_parser().parse_args(argv)
+        warnings.showwarning = _show_warning
         return COMMANDS[args.command](args)
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave: unwritable, too long, a file where a folder should be
+        if isinstance(e, BrokenPipeError):
+            return _broken_pipe()
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"vaekit: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
@@ -228,3 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _broken_pipe() -> int:
+    """The reader of our output went away (`vaekit evaluate RUN | head -1`): stop quietly, as `cat` would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE

@@ -1,12 +1,16 @@
 """Configuration: one frozen dataclass per concern, serialized as JSON in the run folder.
 
-CLI flags are generated from these fields (see cli.py), so a flag and its field always agree.
-A field's `metadata` may carry `help` and `choices`.
+CLI flags are generated from these fields (see cli.py), so a flag and its field always agree. A
+field's `metadata` carries `help`, `choices` and the valid range (`low`, `high`, `low_open`,
+`high_open`); every config checks its own values when it is built (`__post_init__` -> `check`), so
+the CLI, the Python API and a config.json read from disk are validated by the same code.
+Each model adds its own fields in a dataclass derived from ModelConfig, in its own file (models/).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,12 +19,75 @@ from typing import Any, TypeVar
 from .errors import VaekitError
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(
+    default: Any, help: str, choices: tuple | None = None, *, low: float | None = None, high: float | None = None,
+    low_open: bool = False, high_open: bool = False,
+) -> Any:
+    """A documented field: its help, its choices, and the range [low, high] (open ends with *_open)."""
+    if low is not None or high is not None:
+        left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        help = f"{help}; {' and '.join(s for s in (left, right) if s)}"
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
+                                            "low_open": low_open, "high_open": high_open})
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value fits a field's type hint (int for float is fine; bool is not a number)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_fits, value, args))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def check(cfg: Any) -> None:
+    """Raise a one-line VaekitError naming the first field of `cfg` whose value has the wrong type,
+    is not one of its choices, is not finite, or lies outside its range."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        name = f"{f.name} ({flag(f.name)})" if "help" in meta else f.name
+        if not _fits(value, hints[f.name]):
+            raise VaekitError(f"{name} = {value!r} is not a valid value (expected {_type_name(hints[f.name])})")
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise VaekitError(f"{name} = {value!r} is not a valid value (expected one of {', '.join(map(str, choices))})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise VaekitError(f"{name} must be a finite number, got {value}")
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (value <= low if meta.get("low_open") else value < low):
+            raise VaekitError(f"{name} must be {'>' if meta.get('low_open') else '>='} {low:g}, got {value:g}")
+        if high is not None and (value >= high if meta.get("high_open") else value > high):
+            raise VaekitError(f"{name} must be {'<' if meta.get('high_open') else '<='} {high:g}, got {value:g}")
+
+
+class Checked:
+    """Mixed into every config: its values are checked when it is built."""
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Where images come from and how pixels become likelihood targets."""
 
     dataset: str = _opt("digits", "digits | mnist | fashion-mnist | kmnist | FILE.npz | IMAGE_FOLDER")
@@ -31,52 +98,62 @@ class DataConfig:
         "intensities. auto = dynamic for the Bernoulli likelihood, none for the Gaussian",
         ("auto", "dynamic", "static", "none"),
     )
-    val_fraction: float = _opt(0.05, "fraction of the training images held out for validation")
-    test_fraction: float = _opt(0.2, "fraction held out for testing, for sources without a test split")
-    split_seed: int = _opt(0, "seed of the train/validation/test split and the fixed test binarization")
+    val_fraction: float = _opt(0.05, "fraction of the training images held out for validation", low=0, high=1,
+                               high_open=True)
+    test_fraction: float = _opt(0.2, "fraction held out for testing, for sources without a test split", low=0,
+                                high=1, high_open=True)
+    split_seed: int = _opt(0, "seed of the train/validation/test split and the fixed test binarization", low=0)
+    labels_per_class: int = _opt(
+        0, "keep the labels of only this many training images per class (a balanced, seeded subset; the "
+        "others become unknown, -1); 0 keeps every known label", low=0)
+    labelled_share: float = _opt(
+        0.5, "models trained on labelled and unlabelled images (m2): the share of each batch drawn from the "
+        "labelled ones", low=0, high=1, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The generative model p(x|z[,c]) p(z) and the inference network q(z|x[,c])."""
+class ModelConfig(Checked):
+    """What every model shares: p(x|z...) on conv or MLP bodies and an amortised q(z|x...)."""
 
-    model: str = _opt("vae", "vae | cvae (conditional on the class label)", ("vae", "cvae"))
+    model: str = _opt("vae", "which model (models/: vae, cvae, m2)")
     arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE)", ("conv", "mlp"))
-    latent_dim: int = _opt(16, "dimension of z")
-    width: int = _opt(16, "channels of the first conv layer (doubled at each downsampling)")
-    hidden: int = _opt(128, "units of the fully connected hidden layer")
+    latent_dim: int = _opt(16, "dimension of z", low=1, high=4096)
+    width: int = _opt(16, "channels of the first conv layer (doubled at each downsampling)", low=1, high=1024)
+    hidden: int = _opt(128, "units of the fully connected hidden layer", low=1, high=65536)
     likelihood: str = _opt(
         "bernoulli", "bernoulli (BCE, binary pixels) or gaussian (MSE, fixed sigma)", ("bernoulli", "gaussian")
     )
-    sigma: float = _opt(0.1, "standard deviation of the Gaussian likelihood")
-    class_prior: bool = _opt(True, "cvae: a learned Gaussian prior p(z|c) per class (--no-class-prior: p(z) = N(0, I))")
+    sigma: float = _opt(0.1, "standard deviation of the Gaussian likelihood", low=0, low_open=True)
     # Filled in from the data, not from flags.
     image_shape: tuple[int, int, int] = (1, 8, 8)
     num_classes: int = 0
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """The objective's knobs and the optimisation loop."""
 
     epochs: int = _opt(
         0, "passes over the training split; 0 = auto: about 13,200 steps, 10 to 600 epochs "
-        "(600 epochs of digits, 16 of Fashion-MNIST at batch 64)"
+        "(600 epochs of digits, 16 of Fashion-MNIST at batch 64)", low=0
     )
-    batch_size: int = _opt(64, "images per optimisation step")
-    lr: float = _opt(2e-3, "peak Adam learning rate")
+    batch_size: int = _opt(64, "images per optimisation step", low=1)
+    lr: float = _opt(2e-3, "peak Adam learning rate", low=0, low_open=True)
     lr_schedule: str = _opt("cosine", "cosine decay to zero, or constant", ("cosine", "constant"))
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO")
-    free_bits: float = _opt(0.0, "floor, in nats, on each latent dimension's batch-mean KL")
-    kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta")
-    ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off")
-    seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling")
+    weight_decay: float = _opt(0.0, "AdamW weight decay", low=0)
+    beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO", low=0)
+    free_bits: float = _opt(0.0, "floor, in nats, on each latent dimension's batch-mean KL", low=0)
+    kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta", low=0)
+    ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off", low=0,
+                      high=1, high_open=True)
+    seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling", low=0, high=2**63 - 1)
     device: str = _opt("auto", "auto | cpu | cuda | mps", ("auto", "cpu", "cuda", "mps"))
     compile: bool = _opt(False, "torch.compile the training step (CUDA: with CUDA graphs)")
     precision: str = _opt("fp32", "bf16: bfloat16 autocast for the networks (CUDA; CPUs with bf16 units)", ("fp32", "bf16"))
-    checkpoint_every: float = _opt(5.0, "minutes between checkpoints within an epoch (one is always written per epoch)")
-    dist_timeout: float = _opt(300.0, "seconds a process waits for the others (torchrun) before giving up")
+    checkpoint_every: float = _opt(5.0, "minutes between checkpoints within an epoch (one is always written per epoch)",
+                                   low=0)
+    dist_timeout: float = _opt(300.0, "seconds a process waits for the others (torchrun) before giving up", low=0,
+                               low_open=True)
     detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection, to find the operation that made a NaN (slow)")
 
 
@@ -99,35 +176,19 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a field's type hint (int for float is fine; bool is not a number)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_fits, value, args))
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def from_dict(cls: type[C], d: dict) -> C:
-    """Build a config from a JSON dict; unknown keys, values of the wrong type and values outside a
-    field's choices are errors (a config from another version, or edited by hand)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(fields)
+def from_dict(cls: type[C], d: dict, ignore: frozenset[str] = frozenset()) -> C:
+    """Build a config from a JSON dict; unknown keys (but those in `ignore`) and invalid values are
+    errors (a config from another version, or edited by hand)."""
+    if not isinstance(d, dict):
+        raise VaekitError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names - ignore
     if unknown:
         raise VaekitError(f"{cls.__name__} has no field(s) {sorted(unknown)}: written by another vaekit version?")
-    hints = typing.get_type_hints(cls)
-    for name, value in d.items():
-        choices = fields[name].metadata.get("choices")
-        if not _fits(value, hints[name]) or (choices and value not in choices):
-            hint = hints[name]
-            expected = f"one of {', '.join(choices)}" if choices else hint.__name__ if isinstance(hint, type) else hint
-            raise VaekitError(f"{cls.__name__}.{name} = {value!r} is not a valid value (expected {expected})")
-    kwargs = dict(d)
-    if "image_shape" in kwargs:
+    kwargs = {k: v for k, v in d.items() if k in names}
+    if isinstance(kwargs.get("image_shape"), list):
         kwargs["image_shape"] = tuple(kwargs["image_shape"])
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except VaekitError as e:
+        raise VaekitError(f"{cls.__name__}: {e}") from None

@@ -51,6 +51,7 @@ class Split:
     x: torch.Tensor
     y: torch.Tensor | None
     max_value: float  # the pixel value meaning 1.0: 255 (uint8 images), 16 (sklearn digits), 1.0 (floats)
+    index: torch.Tensor | None = None  # (N,) each image's position in its source (its file, or its IDX file)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -138,6 +139,65 @@ def batches(
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
         yield x[idx], None if y is None else y[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# The batches of an epoch
+
+
+def epoch_order(seed: int, epoch: int, n: int, device: torch.device | str = "cpu", salt: int = 0) -> torch.Tensor:
+    """A shuffled order of range(n) for epoch `epoch` (from 1): a function of (seed, epoch, salt) only."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + salt * 7_919_001)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+@dataclass
+class EpochPlan:
+    """Which training examples form each batch of an epoch, a function of (seed, epoch) only, so that
+    an interrupted epoch resumes with the same batches on every rank.
+
+    Without `labelled`: one pass over a shuffled order, padded to a multiple of the world size (the
+    DistributedSampler rule). With `labelled` (indices of the images whose label is known, for models
+    trained on some labels): every batch mixes round(share * B) labelled images, drawn from a
+    reshuffled cycle through the labelled ones, with the rest from one pass over the unlabelled ones.
+    A rank takes batch[rank::world]."""
+
+    n: int
+    batch_size: int
+    world: int = 1
+    seed: int = 0
+    labelled: torch.Tensor | None = None  # (N_l,) indices
+    share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.labelled is None:
+            self.labelled_per_batch, self.pool = 0, torch.arange(self.n)
+        else:
+            known = torch.zeros(self.n, dtype=torch.bool)
+            known[self.labelled] = True
+            self.pool = (~known).nonzero()[:, 0]  # the unlabelled images: one pass per epoch
+            self.labelled_per_batch = min(self.batch_size - 1, max(1, round(self.share * self.batch_size)))
+        per_batch = self.batch_size - self.labelled_per_batch
+        padded = len(self.pool) + (-len(self.pool)) % self.world
+        self.steps = math.ceil(padded / per_batch)
+
+    @property
+    def examples_per_epoch(self) -> int:
+        return len(self.pool) + (-len(self.pool)) % self.world + self.steps * self.labelled_per_batch
+
+    def batches(self, epoch: int, device: torch.device | str) -> list[torch.Tensor]:
+        """The global batches of epoch `epoch` (from 1), as index tensors on `device`."""
+        from .distributed import padded_order  # noqa: PLC0415 (distributed imports nothing from here)
+
+        order = padded_order(self.pool.to(device)[epoch_order(self.seed, epoch, len(self.pool), device)], self.world)
+        per_batch = self.batch_size - self.labelled_per_batch
+        parts = list(order.split(per_batch))
+        if self.labelled_per_batch:
+            cycles = math.ceil(len(parts) * self.labelled_per_batch / len(self.labelled))
+            stream = torch.cat([self.labelled.to(device)[epoch_order(self.seed, epoch, len(self.labelled), device,
+                                                                     salt=1 + i)] for i in range(cycles)])
+            parts = [torch.cat([p, l]) for p, l in zip(parts, stream.split(self.labelled_per_batch))]
+        return parts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +297,11 @@ def _split_dataset(
     n_val = round(cfg.val_fraction * (len(x) - n_test))
     parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
     # Fancy indexing copies, which also turns read-only buffers (np.frombuffer) into writable arrays.
-    splits = {part: _split(x[idx], None if y is None else y[idx], max_value) for part, idx in parts.items()}
-    if test is not None:
-        splits["test"] = _split(test[0].copy(), test[1], max_value)  # labels are copied to int64
+    splits = {part: _split(x[idx], None if y is None else y[idx], max_value, idx) for part, idx in parts.items()}
+    if test is not None:  # labels are copied to int64
+        splits["test"] = _split(test[0].copy(), test[1], max_value, np.arange(len(test[0])))
+    if cfg.labels_per_class and y is not None:
+        splits["train"] = keep_labels_per_class(splits["train"], cfg.labels_per_class, cfg.split_seed)
     empty = [part for part in ("train", "val", "test") if len(splits[part]) == 0]
     if empty:
         raise VaekitError(
@@ -267,8 +329,22 @@ def _num_classes(name: str, y: np.ndarray) -> int:
     return k
 
 
-def _split(x: np.ndarray, y: np.ndarray | None, max_value: float) -> Split:
-    return Split(torch.from_numpy(x), None if y is None else torch.from_numpy(y.astype(np.int64)), max_value)
+def _split(x: np.ndarray, y: np.ndarray | None, max_value: float, index: np.ndarray) -> Split:
+    labels = None if y is None else torch.from_numpy(y.astype(np.int64))
+    return Split(torch.from_numpy(x), labels, max_value, torch.from_numpy(np.asarray(index, np.int64)))
+
+
+def keep_labels_per_class(split: Split, per_class: int, seed: int) -> Split:
+    """The split with the labels of only `per_class` images of each class kept (a seeded, balanced
+    choice among the known labels; a class with fewer keeps all it has); the others become -1."""
+    assert split.y is not None
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    y = torch.full_like(split.y, UNKNOWN)
+    for c in split.y[split.y >= 0].unique():
+        members = (split.y == c).nonzero()[:, 0]
+        keep = members[torch.randperm(len(members), generator=generator)[:per_class]]
+        y[keep] = c
+    return Split(split.x, y, split.max_value, split.index)
 
 
 # ---------------------------------------------------------------------------------------------

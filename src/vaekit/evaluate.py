@@ -1,102 +1,142 @@
 """Honest numbers for a trained model, in nats per image (and bits per dimension).
 
     neg_elbo = recon + kl      recon = -E_q[log p(x|z)] averaged over the K samples,
-                               kl = KL(q(z|x) || p(z)) in closed form
+                               kl = KL(q(z|x) || p(z)) (closed form where it exists)
     nll      = -IWAE_K(x)      the importance-weighted estimate of -log p(x) (Burda et al. 2016);
-                               an upper bound on -log p(x) that tightens as K grows
-Each is a mean over images with its standard error (std / sqrt(n)). Also: the KL of each latent
-dimension and the number of active units, dimensions whose posterior mean varies across the data
-(Cov_x(E_q[z_d]) > 0.01, Burda et al. 2016): few active units means posterior collapse.
+                               its expectation is an upper bound on -log p(x) that tightens as K grows
+Each is a mean over images with its standard error (std / sqrt(n)). Any other per-example number a
+model reports (e.g. M2's label_error) is averaged the same way over the examples it is defined on.
+Also: the KL of each latent dimension and the number of active units, dimensions whose posterior
+mean varies across the data (Cov_x(E_q[z_d]) > 0.01, Burda et al. 2016): few means posterior collapse.
+The evaluation works through the model contract (models/base.py): bounds() and encode().
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 
 import torch
-from torch.distributions import kl_divergence
+from tqdm import tqdm
 
 from .data import batches
-from .models import VAE
-from .objectives import importance_samples, iwae_bound
+from .errors import VaekitError
+
+LONG_EVALUATION_S = 60.0  # estimates above this are announced
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+def _mean_se(values: torch.Tensor) -> tuple[float | None, float | None]:
+    """Mean and standard error; None where undefined (no values, or one value for the error)."""
     values = values.double()
-    se = values.std(unbiased=True) / math.sqrt(len(values)) if len(values) > 1 else torch.tensor(float("nan"))
-    return float(values.mean()), float(se)
+    if len(values) == 0:
+        return None, None
+    se = float(values.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else None
+    return float(values.mean()), se
+
+
+def default_max_batch(image_shape: tuple[int, ...]) -> int:
+    """(image, sample) pairs per decoder pass: 2**21 / pixels, between 256 and 8192 (2,674 at 28x28)."""
+    return min(8192, max(256, 2**21 // math.prod(image_shape)))
 
 
 @torch.no_grad()
 def evaluate(
-    model: VAE,
+    model,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
     *,
     iw_samples: int = 1000,
     max_batch: int | None = None,
     seed: int = 0,
+    progress: bool | None = False,
 ) -> dict:
-    """Evaluate on images x: (N, C, H, W) already binarized / scaled, labels y: (N,) for a CVAE.
+    """Evaluate on images x: (N, C, H, W) already binarized / scaled, labels y: (N,) (-1: unknown).
 
     At most `max_batch` (image, sample) pairs go through the decoder at once, so memory stays
-    bounded for any K; by default 2**21 / pixels of them, at most 8192 (2,674 at 28x28: a few
-    hundred MB on the CPU). Returns a JSON-ready dict.
+    bounded for any K. Returns a JSON-ready dict. progress: a bar on stderr (None: when a terminal).
     """
     model.eval()
-    if model.conditional and y is None:
-        from .errors import VaekitError
-
-        raise VaekitError("a conditional VAE is evaluated on labelled images: this data has no labels")
     if max_batch is None:
-        max_batch = min(8192, max(256, 2**21 // math.prod(x.shape[1:])))
+        max_batch = default_max_batch(tuple(x.shape[1:]))
+    if max_batch < 1:
+        raise VaekitError(f"--max-batch must be at least 1, got {max_batch}")
     images_per_batch = max(1, min(len(x), max_batch // iw_samples))
     sample_chunk = max(1, min(iw_samples, max_batch // images_per_batch))
-    recon, kl, nll, kl_dims, means = [], [], [], [], []
-    gen_state = torch.random.fork_rng(devices=[x.device] if x.is_cuda else [])
-    with gen_state:
+    values: dict[str, list[torch.Tensor]] = {}
+    codes = []
+    bar = tqdm(total=len(x), unit="image", disable=None if progress is None else not progress, leave=False,
+               desc=f"IWAE, K = {iw_samples}", file=sys.stderr)
+    start = time.perf_counter()
+    with bar, torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)
         for xb, yb in batches(x, y, images_per_batch, shuffle=False):
-            c = yb if model.conditional else None
-            posterior = model.posterior(xb, c)
-            s = importance_samples(model, xb, c, num_samples=iw_samples, chunk=sample_chunk)
-            kl_d = kl_divergence(posterior.base_dist, model.prior(c).base_dist)  # (B, D)
-            recon.append(-s["log_likelihood"].mean(0))
-            kl.append(kl_d.sum(-1))
-            kl_dims.append(kl_d)
-            nll.append(-iwae_bound(s["log_weights"]))
-            means.append(posterior.mean)
-    # Per-image values in float64 from here on: neg_elbo is then exactly recon + kl on any CPU, whatever
-    # order float32 kernels summed the pixels in.
-    recon_t, kl_t, nll_t = torch.cat(recon).double(), torch.cat(kl).double(), torch.cat(nll).double()
-    mu = torch.cat(means)  # (N, D)
-    activity = mu.var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1])
-    num_dims = math.prod(x.shape[1:])
+            for key, v in model.bounds(xb, yb, num_samples=iw_samples, chunk=sample_chunk).items():
+                values.setdefault(key, []).append(v)
+            codes.append(model.encode(xb, yb))
+            bar.update(len(xb))
+            _announce_if_long(bar, start, len(x), iw_samples)
+    return _report(model, x, {k: torch.cat(v) for k, v in values.items()}, torch.cat(codes), iw_samples)
+
+
+def _announce_if_long(bar: tqdm, start: float, total: int, iw_samples: int) -> None:
+    """After the first batch, one stderr line when the whole evaluation will take long (a bar may be off)."""
+    if bar.n == 0 or getattr(bar, "_announced", False):
+        return
+    bar._announced = True  # type: ignore[attr-defined]
+    estimate = (time.perf_counter() - start) * total / bar.n
+    if estimate > LONG_EVALUATION_S and bar.n < total:
+        print(f"vaekit: evaluating {total} images with K = {iw_samples} will take about {estimate / 60:.0f} min "
+              "(fewer with --iw-samples or --limit)", file=sys.stderr, flush=True)
+
+
+def _report(model, x: torch.Tensor, terms: dict[str, torch.Tensor], mu: torch.Tensor, iw_samples: int) -> dict:
+    # Per-image values in float64 from here on, and neg_elbo is recon + kl by construction: the identity
+    # holds to the last digit whatever order float32 kernels summed the pixels in.
+    for key, v in terms.items():
+        if not torch.isfinite(v).all():
+            raise VaekitError(f"the model's {key} is not finite on some test images: its weights are damaged "
+                              "or it diverged (check model.safetensors)")
     result: dict = {"n_images": len(x), "iw_samples": iw_samples}
-    for name, values in (("neg_elbo", recon_t + kl_t), ("recon", recon_t), ("kl", kl_t), ("nll", nll_t)):
-        result[name], result[f"{name}_se"] = _mean_se(values)
-    result["neg_elbo"] = result["recon"] + result["kl"]  # the identity the report states, by construction
+    for key, v in terms.items():
+        if v.dim() == 1:
+            result[key], result[f"{key}_se"] = _mean_se(v)
+    result["neg_elbo"], result["neg_elbo_se"] = _mean_se(terms["recon"].double() + terms["kl"].double())
+    result["neg_elbo"] = result["recon"] + result["kl"]
+    num_dims = math.prod(x.shape[1:])
     result["neg_elbo_bits_per_dim"] = result["neg_elbo"] / (num_dims * math.log(2))
     result["nll_bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
+    activity = mu.double().var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1])
     result["active_units"] = int((activity > 0.01).sum())
     result["latent_dim"] = mu.shape[1]
-    result["kl_per_dim"] = [round(float(v), 4) for v in torch.cat(kl_dims).mean(0)]
+    for key, v in terms.items():
+        if v.dim() == 2:  # per latent dimension
+            result[key] = [round(float(c), 4) for c in v.double().mean(0)]
     result["posterior_mean_variance"] = [round(float(v), 4) for v in activity]
     return result
 
 
 def format_report(r: dict) -> str:
     """A human-readable table of an evaluate() result."""
+    def se(key: str) -> str:
+        return "n/a" if r.get(f"{key}_se") is None else f"{r[f'{key}_se']:.3f}"
+
     lines = [f"{r['n_images']} images, K = {r['iw_samples']} importance samples; nats per image (bits/dim)"]
-    lines.append(f"  -ELBO           {r['neg_elbo']:10.3f} ± {r['neg_elbo_se']:.3f}   ({r['neg_elbo_bits_per_dim']:.4f})")
-    lines.append(f"    reconstruction {r['recon']:9.3f} ± {r['recon_se']:.3f}")
-    lines.append(f"    KL             {r['kl']:9.3f} ± {r['kl_se']:.3f}")
-    lines.append(f"  -log p(x) IWAE  {r['nll']:10.3f} ± {r['nll_se']:.3f}   ({r['nll_bits_per_dim']:.4f})")
+    lines.append(f"  -ELBO           {r['neg_elbo']:10.3f} ± {se('neg_elbo')}   ({r['neg_elbo_bits_per_dim']:.4f})")
+    lines.append(f"    reconstruction {r['recon']:9.3f} ± {se('recon')}")
+    lines.append(f"    KL             {r['kl']:9.3f} ± {se('kl')}")
+    lines.append(f"  -log p(x) IWAE  {r['nll']:10.3f} ± {se('nll')}   ({r['nll_bits_per_dim']:.4f})")
     lines.append(f"  active units    {r['active_units']} of {r['latent_dim']}")
-    lines.append("  KL per dim      " + " ".join(f"{v:.2f}" for v in r["kl_per_dim"]))
-    for key in ("conditional_accuracy", "classifier_accuracy"):
-        if key in r:
-            lines.append(f"  {key.replace('_', ' '):15s} {r[key]:.4f}")
-    if "conditional_accuracy_per_class" in r:
-        lines.append("    per class      " + " ".join(f"{v:.2f}" for v in r["conditional_accuracy_per_class"]))
+    if "kl_per_dim" in r:
+        lines.append("  KL per dim      " + " ".join(f"{v:.2f}" for v in r["kl_per_dim"]))
+    shown = {"n_images", "iw_samples", "neg_elbo", "recon", "kl", "nll", "neg_elbo_bits_per_dim", "nll_bits_per_dim",
+             "active_units", "latent_dim", "kl_per_dim", "posterior_mean_variance", "dataset"}
+    for key, value in r.items():  # whatever else the model reported (its metrics(), per-example terms)
+        if key in shown or key.endswith("_se") or value is None:
+            continue
+        if isinstance(value, float):
+            se = f" ± {r[key + '_se']:.4f}" if r.get(key + "_se") is not None else ""
+            lines.append(f"  {key.replace('_', ' '):15s} {value:.4f}{se}")
+        elif isinstance(value, list):
+            lines.append(f"  {key.replace('_', ' '):15s} " + " ".join(f"{v:.2f}" for v in value))
     return "\n".join(lines)

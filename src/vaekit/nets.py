@@ -102,12 +102,12 @@ def stage_in_channels(stage: nn.Module) -> int:
     return first.in_channels
 
 
-def make_networks(cfg: ModelConfig) -> tuple[Encoder, Decoder]:
-    """Encoder and decoder for cfg.image_shape, cfg.arch, cfg.latent_dim (and cfg.num_classes if a CVAE)."""
+def make_networks(cfg: ModelConfig, k: int = 0) -> tuple[Encoder, Decoder]:
+    """Encoder and decoder for cfg.image_shape, cfg.arch, cfg.latent_dim, both conditioned on a one-hot
+    class of k classes (k = 0: unconditional)."""
     c, h, w = cfg.image_shape
     if min(h, w) < 4 or c < 1:
         raise VaekitError(f"images of shape {cfg.image_shape} are too small: need at least 1x4x4")
-    k = cfg.num_classes if cfg.model == "cvae" else 0
     if cfg.arch == "conv":
         enc_body, dec_stages, feature_shape = conv_bodies(cfg.image_shape, cfg.width)
     elif cfg.arch == "mlp":
@@ -117,3 +117,12 @@ def make_networks(cfg: ModelConfig) -> tuple[Encoder, Decoder]:
     encoder = Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, cfg.latent_dim)
     decoder = Decoder(dec_stages, feature_shape, k, cfg.hidden, cfg.latent_dim, conv=cfg.arch == "conv")
     return encoder, decoder
+
+
+def make_classifier(cfg: ModelConfig, k: int) -> nn.Module:
+    """x: (B, C, H, W) -> logits (B, k): the encoder's body (conv or MLP), a hidden layer, k outputs."""
+    if cfg.arch == "conv":
+        body, _, feature_shape = conv_bodies(cfg.image_shape, cfg.width)
+    else:
+        body, feature_shape = nn.Flatten(), cfg.image_shape
+    return nn.Sequential(body, nn.Linear(math.prod(feature_shape), cfg.hidden), Act(), nn.Linear(cfg.hidden, k))

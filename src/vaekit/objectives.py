@@ -85,3 +85,21 @@ def importance_samples(
 def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
     """IWAE_K = logsumexp_k log w_k - log K, from log_weights (K, B): returns (B,)."""
     return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
+
+
+@torch.no_grad()
+def gaussian_latent_bounds(
+    model: LatentVariableModel, x: torch.Tensor, c: torch.Tensor | None = None, *, num_samples: int, chunk: int
+) -> dict[str, torch.Tensor]:
+    """Evaluation terms per image of a model whose KL has a closed form:
+
+        recon      = -(1/K) sum_k log p(x|z_k)         (B,)   the reconstruction part of -ELBO
+        kl         = KL(q(z|x) || p(z))                 (B,)   closed form, so -ELBO = recon + kl
+        kl_per_dim = the KL of each latent dimension    (B, D)
+        nll        = -IWAE_K(x)                         (B,)
+    """
+    posterior = model.posterior(x, c)
+    s = importance_samples(model, x, c, num_samples=num_samples, chunk=chunk)
+    kl_per_dim = kl_divergence(posterior.base_dist, model.prior(c).base_dist)  # (B, D)
+    return {"recon": -s["log_likelihood"].mean(0), "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim,
+            "nll": -iwae_bound(s["log_weights"])}

@@ -14,12 +14,15 @@ from matplotlib.figure import Figure  # no pyplot: no global backend switch, no 
 from PIL import Image
 
 from . import checkpoint as ckpt
+from .errors import VaekitError
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 28) -> Image.Image:
     """Tile images (N, C, H, W) in [0, 1] into a grid with `nrow` images per row, upscaled to >= min_cell px."""
     images = images.detach().float().clamp(0, 1).cpu()
     n, c, h, w = images.shape
+    if c not in (1, 3):  # data.py accepts only these; anything else would not be a picture
+        raise VaekitError(f"cannot draw images of {c} channels: 1 (grayscale) or 3 (RGB)")
     rows = (n + nrow - 1) // nrow
     canvas = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
     for i, img in enumerate(images):
@@ -38,6 +41,21 @@ def save_png(path: str | Path, picture: Image.Image) -> Path:
     return Path(path)
 
 
+def save_image(path: str | Path, picture: Image.Image) -> Path:
+    """Write a picture in the format its name says (.png, .jpg, .webp, ...), atomically."""
+    path = Path(path)
+    formats = Image.registered_extensions()
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        known = sorted(e for e, f in formats.items() if f in Image.SAVE and e in (".png", ".jpg", ".jpeg", ".webp", ".bmp",
+                                                                                  ".gif", ".tif", ".tiff"))
+        raise VaekitError(f"{path}: cannot tell the image format from '{path.suffix}': use one of {', '.join(known)}")
+    buf = io.BytesIO()
+    picture.convert("RGB" if fmt == "JPEG" and picture.mode not in ("L", "RGB") else picture.mode).save(buf, format=fmt)
+    ckpt.atomic_write(path, buf.getvalue())
+    return path
+
+
 def _save_figure(path: Path, fig: Figure) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -45,9 +63,9 @@ def _save_figure(path: Path, fig: Figure) -> None:
 
 
 def sample_grid(model, n: int = 64) -> Image.Image:
-    """An 8-wide grid of samples; for a conditional model, one row per class."""
-    if model.conditional:
-        k = model.cfg.num_classes
+    """An 8-wide grid of samples; for a model that draws classes, one row per class."""
+    if model.num_classes:
+        k = model.num_classes
         per_class = 10
         labels = torch.arange(k).repeat_interleave(per_class)
         return image_grid(model.sample(len(labels), labels=labels.tolist()), nrow=per_class)
@@ -57,7 +75,7 @@ def sample_grid(model, n: int = 64) -> Image.Image:
 def reconstruction_grid(model, x: torch.Tensor, y: torch.Tensor | None, n: int = 16) -> Image.Image:
     """Pairs of rows: originals above their reconstructions."""
     x, y = x[:n], None if y is None else y[:n]
-    recon = model.reconstruct(x, y if model.conditional else None)
+    recon = model.reconstruct(x, y)
     per_row = 8
     rows = []
     for start in range(0, len(x), per_row):
@@ -66,17 +84,20 @@ def reconstruction_grid(model, x: torch.Tensor, y: torch.Tensor | None, n: int =
 
 
 def analogy_grid(model, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> Image.Image:
-    """Rows = source test images; column 0 the image itself, then its latent decoded as class 0..K-1."""
-    x, y = x[:n], y[:n]
-    redrawn = model.redraw_as_every_class(x, y)  # (n, K, C, H, W)
-    rows = torch.cat([x.unsqueeze(1), redrawn], dim=1)  # (n, K+1, C, H, W)
+    """Rows = source test images; column 0 the image itself, then its code E[z|x, y] decoded as class 0..K-1
+    (style transfer: the image's style drawn as every class)."""
+    x, y = x[:n], None if y is None else y[:n]
+    k = model.num_classes
+    z = model.encode(x, y)  # (n, D)
+    redrawn = model.decode(z.repeat_interleave(k, 0), torch.arange(k, device=z.device).repeat(len(x)))
+    rows = torch.cat([x.unsqueeze(1), redrawn.view(len(x), k, *x.shape[1:])], dim=1)  # (n, K+1, C, H, W)
     return image_grid(rows.flatten(0, 1), nrow=rows.shape[1])
 
 
 def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """Posterior means of the images, in 2-D (the first two principal components if D > 2)."""
     with torch.no_grad():
-        mu = model.posterior(x, y if model.conditional else None).mean.cpu().numpy()
+        mu = model.encode(x, y).cpu().numpy()
     if mu.shape[1] > 2:
         from sklearn.decomposition import PCA
 
@@ -89,34 +110,45 @@ def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) ->
         xlabel, ylabel = "E[z|x]", ""
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
-    points = ax.scatter(mu[:, 0], mu[:, 1], c=None if y is None else y.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
-    if y is not None:
-        fig.colorbar(points, ax=ax, label="class")
+    if y is None or bool((y < 0).all()):  # no labels: one colour (and no colour map to warn about)
+        ax.scatter(mu[:, 0], mu[:, 1], s=6, alpha=0.8)
+    else:
+        points = ax.scatter(mu[:, 0], mu[:, 1], c=y.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
+        fig.colorbar(points, ax=ax, label="class (-1: unknown)" if bool((y < 0).any()) else "class")
     ax.set(xlabel=xlabel, ylabel=ylabel, title="latent space (test images)")
     _save_figure(path, fig)
 
 
 def curves_figure(path: Path, metrics: list[dict]) -> None:
-    """-ELBO (train and validation) and its KL part per epoch."""
+    """One panel per logged term (train and validation) against the epoch; -ELBO first."""
     epochs = [m["epoch"] for m in metrics]
-    fig = Figure(figsize=(10, 4))
-    left, right = fig.subplots(1, 2)
-    left.plot(epochs, [m["train_neg_elbo"] for m in metrics], label="train")
-    left.plot(epochs, [m["val_neg_elbo"] for m in metrics], label="validation")
-    lo = min(m["val_neg_elbo"] for m in metrics)
-    left.set_ylim(lo - 0.1 * abs(lo), np.percentile([m["val_neg_elbo"] for m in metrics], 95) + 0.05 * abs(lo))
-    left.set(xlabel="epoch", ylabel="-ELBO (nats per image)", title="negative ELBO")
-    left.legend()
-    right.plot(epochs, [m["train_kl"] for m in metrics], label="KL (train)")
-    right.plot(epochs, [m["val_kl"] for m in metrics], label="KL (validation)")
-    right.set(xlabel="epoch", ylabel="nats per image", title="KL(q(z|x) || p(z))")
-    right.legend()
+    terms = sorted({k.split("_", 1)[1] for m in metrics for k in m if k.startswith(("train_", "val_"))}
+                   - {"seconds"}, key=lambda t: (t != "neg_elbo", t))
+    cols = min(3, len(terms))
+    rows = -(-len(terms) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, term in zip(axes, terms):
+        for split in ("train", "val"):
+            points = [(e, m.get(f"{split}_{term}")) for e, m in zip(epochs, metrics)]
+            points = [(e, v) for e, v in points if isinstance(v, (int, float)) and np.isfinite(v)]
+            if points:
+                ax.plot(*zip(*points), label="train" if split == "train" else "validation")
+        values = [m.get(f"val_{term}") for m in metrics if isinstance(m.get(f"val_{term}"), (int, float))]
+        if term == "neg_elbo" and len(values) > 2:  # the first epochs would flatten the rest
+            lo = min(values)
+            ax.set_ylim(lo - 0.1 * abs(lo), np.percentile(values, 95) + 0.05 * abs(lo))
+        ax.set(xlabel="epoch", title=term.replace("_", " "))
+        if ax.lines:
+            ax.legend()
+    for ax in axes[len(terms):]:
+        ax.axis("off")
     _save_figure(path, fig)
 
 
-def picture_names(conditional: bool) -> tuple[str, ...]:
-    """The files run_pictures writes."""
-    return ("samples.png", "reconstructions.png", "latent.png") + (("analogy.png",) if conditional else ()) + ("curves.png",)
+def picture_names(model) -> tuple[str, ...]:
+    """The files run_pictures writes for this model."""
+    return ("samples.png", "reconstructions.png", "latent.png") + (("analogy.png",) if model.num_classes else ()) + ("curves.png",)
 
 
 def run_pictures(out: Path, model, test, seed: int) -> None:
@@ -127,7 +159,7 @@ def run_pictures(out: Path, model, test, seed: int) -> None:
         save_png(out / "samples.png", sample_grid(model))
         save_png(out / "reconstructions.png", reconstruction_grid(model, test.x, test.y))
         latent_figure(out / "latent.png", model, test.x[:2000], None if test.y is None else test.y[:2000])
-        if model.conditional:
+        if model.num_classes:
             save_png(out / "analogy.png", analogy_grid(model, test.x, test.y))
     metrics = ckpt.read_metrics(out)
     if metrics:

@@ -1,10 +1,14 @@
-"""The training loop: Adam on the negative ELBO, validation every epoch, best weights, checkpoints.
+"""The training loop: Adam on the model's loss, validation every epoch, best weights, checkpoints.
 
-    fit -> for each epoch: train_step on each batch (forward, backward, Adam step)
-                           validate, one line to metrics.jsonl, checkpoint
+    fit -> prepare (data, model, optimizer, the epoch plan), restore or start a TrainState
+        -> for each epoch: run_epoch (train_step on each batch), end_epoch (validate, one line
+           to metrics.jsonl, checkpoint)
         -> pictures of the best model
 
-Randomness: the epoch order comes from a generator seeded by (seed, epoch), the same on every
+The loop knows a model only through the contract in models/base.py: it logs every term the model
+returns (a sum and a count per key, all-reduced under DDP) and never names one.
+
+Randomness: the batches of an epoch come from generators seeded by (seed, epoch), the same on every
 rank; the noise (dynamic binarization, reparameterization) from torch's global generator seeded
 once per rank. A checkpoint saves every rank's generator state and the position in the epoch, so
 an interrupted run resumes to exactly the run it would have been.
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import signal
+import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,11 +32,13 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
+from . import models
 from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs
-from .data import DeviceData, binarization, fixed_targets, load_dataset, test_targets, training_targets
-from .data import VAL_SEED_OFFSET
+from .data import VAL_SEED_OFFSET, DeviceData, EpochPlan, ImageDataset, binarization, epoch_order, fixed_targets
+from .data import load_dataset, test_targets, training_targets
 from .errors import Terminated, VaekitError
-from .models import VAE
+
+__all__ = ["fit", "epoch_order", "resolve_device", "train_step", "speedups", "validate", "Interrupted"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,19 +53,66 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# ---------------------------------------------------------------------------------------------
+# One step, and the sums of what it logs
+
+
 def train_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, c: torch.Tensor | None,
-    beta: float | torch.Tensor, free_bits: float, autocast: contextlib.AbstractContextManager | None = None,
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor | None,
+    knobs: dict, autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One Adam step on a batch x: (B, C, H, W); returns the batch's summed terms and the gradient
-    norm, detached and not synchronised (reading them is the caller's choice)."""
+    """One Adam step on a batch x: (B, C, H, W), labels y; returns the model's per-example terms and
+    the gradient norm, detached and not synchronised (reading them is the caller's choice)."""
     with autocast or contextlib.nullcontext():
-        terms = model(x, c, beta=beta, free_bits=free_bits)
+        terms = model(x, y, **knobs)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # measured, not clipped
     optimizer.step()
-    return {**{k: v.detach().float().sum() for k, v in terms.items() if k != "loss"}, "grad_norm": grad_norm}
+    return {**{k: v.detach() for k, v in terms.items() if k != "loss"}, "grad_norm": grad_norm}
+
+
+@dataclass
+class TermSums:
+    """A sum and a count per logged key (a term of the labelled images only averages over those)."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (2,) float64: sum, count
+
+    def add(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Add a step's per-example terms; returns their batch sums (K,) in sorted key order."""
+        keys = sorted(terms)
+        step = torch.stack([terms[k].float().sum() for k in keys]).double()
+        for i, k in enumerate(keys):
+            if k not in self.sums:
+                self.sums[k] = torch.zeros(2, dtype=torch.float64, device=step.device)
+            self.sums[k] += torch.stack([step[i], step.new_tensor(float(terms[k].numel()))])
+        return step
+
+    def means(self, group: distributed.Group) -> dict[str, float | None]:
+        """Every key's mean over all ranks (None where no example had it)."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        total = group.sum(torch.stack([self.sums[k] for k in keys]))  # (K, 2)
+        return {k: (float(s / c) if c else None) for k, (s, c) in zip(keys, total.tolist())}
+
+    def clear(self) -> None:
+        self.sums = {}
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, data: DeviceData, group: distributed.Group, seed: int,
+             batch_size: int = 1024) -> dict[str, float | None]:
+    """Mean one-sample terms on fixed images with fixed noise (comparable across epochs)."""
+    model.eval()
+    sums = TermSums()
+    with torch.random.fork_rng(devices=[data.x.device] if data.x.is_cuda else []):
+        torch.manual_seed(seed + group.rank)
+        for idx in torch.arange(len(data), device=data.x.device)[group.rank :: group.world].split(batch_size):
+            terms = model(*data.batch(idx))
+            sums.add({k: v for k, v in terms.items() if k != "loss"})
+    model.train()
+    return sums.means(group)
 
 
 def speedups(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
@@ -74,30 +129,6 @@ def speedups(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
     return forward, autocast
 
 
-TERMS = ("neg_elbo", "recon", "kl")
-
-
-@torch.no_grad()
-def validate(model: VAE, data: DeviceData, group: distributed.Group, seed: int, batch_size: int = 1024) -> dict[str, float]:
-    """Mean one-sample -ELBO and its parts on fixed images with fixed noise (comparable across epochs)."""
-    model.eval()
-    sums = torch.zeros(len(TERMS), device=data.x.device, dtype=torch.float64)
-    with torch.random.fork_rng(devices=[data.x.device] if data.x.is_cuda else []):
-        torch.manual_seed(seed + group.rank)
-        for idx in torch.arange(len(data), device=data.x.device)[group.rank :: group.world].split(batch_size):
-            x, c = data.batch(idx)
-            terms = model(x, c if model.conditional else None)
-            sums += torch.stack([terms[k].sum() for k in TERMS])
-    model.train()
-    return dict(zip(TERMS, (group.sum(sums) / len(data)).tolist()))
-
-
-def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
-    """The shuffled order of epoch `epoch` (from 1): a function of (seed, epoch) only."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator).to(device)
-
-
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
     """Cosine decay from the peak --lr to 0 over the run (or constant)."""
     if cfg.lr_schedule == "constant":
@@ -110,6 +141,10 @@ def kl_weight(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.kl_warmup <= 0:
         return cfg.beta
     return cfg.beta * min(1.0, (step + 1) / (cfg.kl_warmup * steps_per_epoch))
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals
 
 
 class Interrupted(Exception):
@@ -151,10 +186,12 @@ def _interrupted(signum: int, epoch: int, step: int, out: Path) -> Interrupted:
     )
 
 
-def _non_finite(history: torch.Tensor, epoch: int, first_step: int, out: Path) -> VaekitError:
-    """Name the first step and term that went non-finite; history rows: (recon, kl, grad norm)."""
-    row, col = (int(v) for v in (~torch.isfinite(history)).nonzero()[0])
-    term = ("the reconstruction term", "the KL term", "a gradient")[col]
+def _non_finite(history: torch.Tensor, keys: list[str], epoch: int, first_step: int, out: Path) -> VaekitError:
+    """Name the first step and term that went non-finite; history rows: the step's term sums, grad norm."""
+    row = int((~torch.isfinite(history)).nonzero()[0, 0])
+    bad = [("a gradient" if col == len(keys) else keys[col]) for col in (~torch.isfinite(history[row])).nonzero()[:, 0].tolist()]
+    names = [b for b in bad if b != "a gradient"]
+    term = f"the {', '.join(names)} term{'s' if len(names) > 1 else ''}" if names else "a gradient"
     if (out / ckpt.LAST).is_file():
         saved = f"the last good checkpoint (step {ckpt.saved_step(out)}) is kept in {out}"
     else:
@@ -163,6 +200,153 @@ def _non_finite(history: torch.Tensor, epoch: int, first_step: int, out: Path) -
         f"{term} became non-finite in epoch {epoch}, step {first_step + row + 1}; {saved}; "
         "try a lower --lr (or --detect-anomaly to find the operation)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run holds while it trains, and what a checkpoint restores
+
+
+@dataclass
+class Training:
+    """The fixed parts of a run: configs, data, model, optimizer and the epoch plan."""
+
+    data_cfg: DataConfig
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    out: Path
+    group: distributed.Group
+    dataset: ImageDataset
+    mode: str  # binarization
+    model: torch.nn.Module
+    averaged: torch.nn.Module  # the EMA of the weights (the model itself without --ema)
+    optimizer: torch.optim.Optimizer
+    train_data: DeviceData
+    val_data: DeviceData
+    plan: EpochPlan
+
+    @property
+    def total_steps(self) -> int:
+        return self.plan.steps * self.cfg.epochs
+
+
+@dataclass
+class TrainState:
+    """Where a run is: `epoch` epochs complete and `batch` batches of the next one done, at global
+    `step`; the best validation -ELBO and its weights; the running sums of the epoch; RNG states."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best_val: float = math.inf
+    best: dict[str, torch.Tensor] = field(default_factory=dict)
+    sums: TermSums = field(default_factory=TermSums)
+
+    def save(self, t: Training) -> None:
+        """Every rank's generator state and the partial epoch sums; then rank 0 writes, atomically."""
+        rng = {"cpu": torch.get_rng_state()}
+        if t.group.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(t.group.device)
+        states = t.group.gather_objects(rng)
+        keys = sorted(self.sums.sums)
+        partial = t.group.sum(torch.stack([self.sums.sums[k] for k in keys])) if keys else None
+        if t.group.is_main:
+            extra = {f"rng.{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
+            extra.update({f"sums.{k}": v for k, v in zip(keys, partial if partial is not None else [])})
+            if t.averaged is not t.model:
+                extra.update({f"ema.{k}": v for k, v in t.averaged.state_dict().items()})
+            state = {"epoch": self.epoch, "batch": self.batch, "step": self.step, "best_val": self.best_val,
+                     "world": t.group.world}
+            ckpt.save_resume_point(t.out, t.model, self.best, t.optimizer, extra, state)
+
+    @classmethod
+    def restore(cls, t: Training) -> TrainState:
+        """The state in last.safetensors, with the model, optimizer, EMA and RNG put back."""
+        best, extra, saved = ckpt.load_resume_point(t.out, t.model, t.optimizer)
+        rank = t.group.rank
+        try:
+            state = cls(saved["epoch"], saved["batch"], saved["step"], saved["best_val"], best)
+            extra[f"rng.{rank}.cpu"]
+        except KeyError as e:
+            raise VaekitError(f"{t.out / ckpt.LAST} lacks {e} in its training state: it cannot be resumed") from None
+        if saved.get("world", 1) != t.group.world:
+            raise VaekitError(f"{t.out} was trained with {saved.get('world', 1)} processes: resume it with as many")
+        torch.set_rng_state(extra[f"rng.{rank}.cpu"])
+        if t.group.device.type == "cuda" and f"rng.{rank}.cuda" in extra:
+            torch.cuda.set_rng_state(extra[f"rng.{rank}.cuda"], t.group.device)
+        if state.batch and t.group.is_main:  # the partial sums of the epoch (kept once, on rank 0)
+            state.sums.sums = {k[5:]: v.to(t.group.device) for k, v in extra.items() if k.startswith("sums.")}
+            if "sums" in extra:  # vaekit 0.1: (neg_elbo, recon, kl) sums over batch * batch_size images
+                count = float(min(state.batch * t.cfg.batch_size, t.plan.examples_per_epoch))
+                state.sums.sums = {k: torch.stack([s, s.new_tensor(count)]).to(t.group.device)
+                                   for k, s in zip(("neg_elbo", "recon", "kl"), extra["sums"].double())}
+        if t.averaged is not t.model:
+            t.averaged.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
+        return state
+
+
+def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
+            group: distributed.Group) -> Training:
+    """Load the data, check it against what the model needs, and build the model and optimizer."""
+    device = group.device
+    dataset = load_dataset(data_cfg)
+    mode = binarization(data_cfg.binarize, model_cfg.likelihood, dataset)
+    cls = models.model_class(model_cfg.model)
+    labelled = check_labels(cls, model_cfg.model, dataset)
+    facts = {"image_shape": dataset.image_shape, "num_classes": dataset.num_classes,
+             "labelled_fraction": 1.0 if labelled is None else len(labelled) / len(dataset.train)}
+    names = {f.name for f in dataclasses.fields(model_cfg)}
+    model_cfg = replace(model_cfg, **{k: v for k, v in facts.items() if k in names})
+    distributed.check_batch_size(cfg.batch_size, group)
+    share = data_cfg.labelled_share if labelled is not None else 0.0
+    plan = EpochPlan(len(dataset.train), cfg.batch_size, group.world, cfg.seed, labelled, share)
+    if cfg.epochs == 0:
+        cfg = replace(cfg, epochs=auto_epochs(plan.examples_per_epoch, cfg.batch_size))
+
+    torch.manual_seed(cfg.seed)
+    model = models.build(model_cfg).to(device)
+    torch.manual_seed(cfg.seed + 7919 * group.rank)  # each rank draws its own noise
+    # The fused Adam kernel (CPU and CUDA) updates every parameter in one pass instead of ~10 ops each.
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))
+    # Polyak averaging: validation, best weights and pictures use the average of the trajectory.
+    averaged = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else model
+    train_data = training_targets(dataset.train, mode, data_cfg.split_seed + 1, device)
+    val_data = fixed_targets(dataset.val, mode, data_cfg.split_seed + VAL_SEED_OFFSET, device)
+    return Training(data_cfg, model_cfg, cfg, out, group, dataset, mode, model, averaged, optimizer,
+                    train_data, val_data, plan)
+
+
+def check_labels(cls: type, name: str, dataset: ImageDataset) -> torch.Tensor | None:
+    """Check the training labels against what the model needs (its `labels`); for a model trained on
+    some labels, return the indices of the labelled training images."""
+    if cls.labels == "none":
+        return None
+    y = dataset.train.y
+    if y is None or dataset.num_classes < 2:
+        found = "no labels" if y is None or dataset.num_classes == 0 else "labels of only 1 class"
+        raise VaekitError(f"--model {name} needs class labels of at least 2 classes, and dataset "
+                          f"'{dataset.name}' has {found}")
+    known = y >= 0
+    if cls.labels == "all" and not known.all():
+        raise VaekitError(f"--model {name} needs every training image labelled, and {int((~known).sum())} of "
+                          f"{len(y)} in '{dataset.name}' are unknown (-1): use --model m2 for partly labelled data")
+    if cls.labels == "some":
+        if known.all() or not known.any():
+            which = "every" if known.all() else "no"
+            raise VaekitError(f"--model {name} learns from labelled and unlabelled images, and {which} training image "
+                              f"of '{dataset.name}' is labelled: keep fewer labels (--labels-per-class N)"
+                              if known.all() else f"--model {name} needs some labelled training images, and "
+                              f"'{dataset.name}' has none (every label is -1)")
+        missing = sorted(set(range(dataset.num_classes)) - set(y[known].unique().tolist()))
+        if missing:
+            raise VaekitError(f"--model {name} needs a labelled training image of every class; classes "
+                              f"{', '.join(map(str, missing[:10]))} have none in '{dataset.name}'")
+        return known.nonzero()[:, 0]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
 
 
 def fit(
@@ -184,8 +368,16 @@ def fit(
     """
     out = Path(out)
     group = distributed.setup(resolve_device(train_cfg.device), train_cfg.dist_timeout)
+    lock = ckpt.RunLock(out) if group.is_main else contextlib.nullcontext()
     try:
-        return _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures)
+        with lock:
+            try:
+                return _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures)
+            except BaseException:  # a new run that failed before its first checkpoint gives the old one back
+                if group.is_main and ckpt.restore_replaced(out):
+                    print(f"vaekit: the new run failed before its first checkpoint; the previous run in {out} "
+                          "is back in place", file=sys.stderr)
+                raise
     except RuntimeError as e:  # only a collective that failed (another rank died or timed out) is reworded
         if group.active and distributed.is_collective_failure(e):
             raise distributed.collective_failed(e) from e
@@ -195,167 +387,123 @@ def fit(
 
 
 def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures) -> Path:
-    device = group.device
-    dataset = load_dataset(data_cfg)
-    mode = binarization(data_cfg.binarize, model_cfg.likelihood, dataset)
-    if model_cfg.model == "cvae" and dataset.num_classes < 2:
-        raise VaekitError(f"--model cvae needs class labels, and dataset '{data_cfg.dataset}' has none")
-    model_cfg = replace(model_cfg, image_shape=dataset.image_shape, num_classes=dataset.num_classes)
-    distributed.check_batch_size(train_cfg.batch_size, group)
-    if train_cfg.epochs < 0:
-        raise VaekitError(f"--epochs must be positive (or 0 for automatic), got {train_cfg.epochs}")
-    if train_cfg.epochs == 0:
-        train_cfg = replace(train_cfg, epochs=auto_epochs(len(dataset.train), train_cfg.batch_size))
-
-    torch.manual_seed(train_cfg.seed)
-    model = VAE(model_cfg).to(device)
-    torch.manual_seed(train_cfg.seed + 7919 * group.rank)  # each rank draws its own noise
-    # The fused Adam kernel (CPU and CUDA) updates every parameter in one pass instead of ~10 ops each.
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=device.type in ("cpu", "cuda")
-    )
-    train_data = training_targets(dataset.train, mode, data_cfg.split_seed + 1, device)
-    val_data = fixed_targets(dataset.val, mode, data_cfg.split_seed + VAL_SEED_OFFSET, device)
-    n = len(distributed.padded_order(torch.arange(len(train_data)), group.world))
-    bs = train_cfg.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    total_steps = steps_per_epoch * train_cfg.epochs
-
-    # Where to start: `epoch` epochs are complete and `batch` batches of the next one are done.
-    epoch, batch, step, best_val = 0, 0, 0, math.inf
-    best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    # Polyak averaging: validation, best weights and pictures use the average of the trajectory.
-    averaged = copy.deepcopy(model).requires_grad_(False) if train_cfg.ema > 0 else model
-    sums = torch.zeros(len(TERMS), device=device, dtype=torch.float64)
+    t = prepare(data_cfg, model_cfg, train_cfg, out, group)
+    state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()})
     if resume and (out / ckpt.LAST).is_file():
-        best, extra, state = ckpt.load_resume_point(out, model, optimizer)
-        try:
-            epoch, batch, step, best_val = state["epoch"], state["batch"], state["step"], state["best_val"]
-            extra[f"rng.{group.rank}.cpu"]
-        except KeyError as e:
-            raise VaekitError(f"{out / ckpt.LAST} lacks {e} in its training state: it cannot be resumed") from None
+        state = TrainState.restore(t)
         for tmp in out.glob(".*.tmp"):  # left by a write that was killed halfway
             tmp.unlink(missing_ok=True)
-        if state.get("world", 1) != group.world:
-            raise VaekitError(f"{out} was trained with {state.get('world', 1)} processes: resume it with as many")
-        torch.set_rng_state(extra[f"rng.{group.rank}.cpu"])
-        if device.type == "cuda" and f"rng.{group.rank}.cuda" in extra:
-            torch.cuda.set_rng_state(extra[f"rng.{group.rank}.cuda"], device)
-        if batch and group.is_main:
-            sums = extra["sums"].to(device)
-        if averaged is not model:
-            averaged.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
         if group.is_main:
-            ckpt.write_metrics(out, [r for r in ckpt.read_metrics(out) if r["epoch"] <= epoch])
-        if epoch >= train_cfg.epochs:
+            ckpt.write_metrics(out, [r for r in ckpt.read_metrics(out) if r["epoch"] <= state.epoch])
+        if state.epoch >= t.cfg.epochs:
             if group.is_main:
-                print(f"{out} has finished all {train_cfg.epochs} epochs; pass a larger --epochs to train longer")
-                from .plots import picture_names
-
-                if pictures and not all((out / name).is_file() for name in picture_names(model.conditional)):
-                    model.load_state_dict(best)  # stopped while drawing them: draw them now
-                    _draw_pictures(out, model.eval(), dataset, data_cfg, mode, device)
+                print(f"{out} has finished all {t.cfg.epochs} epochs; pass a larger --epochs to train longer")
+            finish(t, state, pictures, repair=True)
             return out
     elif group.is_main:
         if resume:  # killed before its first checkpoint: nothing was saved, start again
+            ckpt.check_restartable(out)
             ckpt.write_metrics(out, [])
         else:
             ckpt.prepare_run_folder(out, overwrite)
     if group.is_main:
-        ckpt.save_config(out, data_cfg, model_cfg, train_cfg)
+        ckpt.save_config(out, t.data_cfg, t.model_cfg, t.cfg)
     group.barrier()
 
-    def checkpoint() -> None:
-        """Every rank's generator state and the partial epoch sums, then rank 0 writes."""
-        rng = {"cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        states = group.gather_objects(rng)
-        partial = group.sum(sums)
-        if group.is_main:
-            extra = {f"rng.{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
-            state = {"epoch": epoch, "batch": batch, "step": step, "best_val": best_val, "world": group.world}
-            if averaged is not model:
-                extra.update({f"ema.{k}": v for k, v in averaged.state_dict().items()})
-            ckpt.save_resume_point(out, model, best, optimizer, {**extra, "sums": partial}, state)
-
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if group.active else model
-    forward, autocast = speedups(ddp, train_cfg, device)
-    conditional = model.conditional
+    ddp = torch.nn.parallel.DistributedDataParallel(t.model) if group.active else t.model
+    forward, autocast = speedups(ddp, t.cfg, group.device)
     show = group.is_main and (progress is None or progress)
-    bar = tqdm(total=total_steps, initial=step, disable=None if show else True, unit="step", dynamic_ncols=True)
-    last_save, signum = time.monotonic(), 0
-    with StopOnSignal() as stop, torch.autograd.set_detect_anomaly(train_cfg.detect_anomaly):
-        while epoch < train_cfg.epochs:
-            t0 = time.perf_counter()
-            order = distributed.padded_order(epoch_order(train_cfg.seed, epoch + 1, len(train_data), device), group.world)
-            first = batch
-            history = torch.zeros(steps_per_epoch - first, 3, device=device)  # recon, kl, grad norm per step
-            while batch < steps_per_epoch:
-                idx = order[batch * bs : (batch + 1) * bs][group.rank :: group.world]
-                for g in optimizer.param_groups:
-                    g["lr"] = train_cfg.lr * lr_factor(train_cfg, step, total_steps)
-                beta = kl_weight(train_cfg, step, steps_per_epoch)
-                x, c = train_data.batch(idx)
-                weight = torch.tensor(beta, device=device) if train_cfg.compile else beta  # no recompile per value
-                terms = train_step(forward, optimizer, x, c if conditional else None, weight, train_cfg.free_bits, autocast)
-                if averaged is not model:  # decay warms up so that short runs average little
-                    decay = min(train_cfg.ema, (1 + step) / (10 + step))
-                    with torch.no_grad():
-                        for p_avg, p in zip(averaged.parameters(), model.parameters()):
-                            p_avg.lerp_(p, 1 - decay)
-                sums += torch.stack([terms[k] for k in TERMS])
-                history[batch - first] = torch.stack([terms["recon"], terms["kl"], terms["grad_norm"]])
-                batch, step = batch + 1, step + 1
-                bar.update(1)
-                due = time.monotonic() - last_save > 60 * train_cfg.checkpoint_every
-                signum, due = stop.signum, due
-                if group.active:  # every rank must checkpoint and stop at the same step
-                    signum, due = (int(v) for v in group.max(torch.tensor([signum, due], device=device)))
-                if (signum or due) and batch < steps_per_epoch:
-                    if not torch.isfinite(history).all():
-                        raise _non_finite(history, epoch + 1, step - (batch - first), out)
-                    checkpoint()
-                    last_save = time.monotonic()
-                if signum:
-                    break
-            train_seconds = time.perf_counter() - t0
-            if batch < steps_per_epoch:  # stopped mid-epoch, checkpoint written
-                bar.close()
-                raise _interrupted(signum, epoch + 1, step, out)
-            if not torch.isfinite(history).all():
-                raise _non_finite(history, epoch + 1, step - (batch - first), out)
-            epoch, batch = epoch + 1, 0
-            train_terms = dict(zip(TERMS, (group.sum(sums) / n).tolist()))
-            sums.zero_()
-            val_terms = validate(averaged, val_data, group, seed=data_cfg.split_seed)
-            if val_terms["neg_elbo"] < best_val:
-                best_val = val_terms["neg_elbo"]
-                best = {k: v.detach().clone() for k, v in averaged.state_dict().items()}
-            if group.is_main:  # the line first: a resume drops lines past the checkpoint and redoes them
-                ckpt.append_metrics(out, {
-                    "epoch": epoch, "step": step,
-                    **{f"train_{k}": v for k, v in train_terms.items()},
-                    **{f"val_{k}": v for k, v in val_terms.items()},
-                    "lr": optimizer.param_groups[0]["lr"], "kl_weight": beta,
-                    "train_seconds": train_seconds, "images_per_second": (n - first * bs) / train_seconds,
-                    "seconds": time.perf_counter() - t0,
-                })
-            checkpoint()
-            last_save = time.monotonic()
-            bar.set_postfix(loss=f"{train_terms['neg_elbo']:.2f}", val=f"{val_terms['neg_elbo']:.2f}", refresh=False)
+    bar = tqdm(total=t.total_steps, initial=state.step, disable=None if show else True, unit="step", dynamic_ncols=True)
+    with bar, StopOnSignal() as stop, torch.autograd.set_detect_anomaly(t.cfg.detect_anomaly):
+        while state.epoch < t.cfg.epochs:
+            signum, seconds = run_epoch(t, state, forward, autocast, stop, bar)
+            end_epoch(t, state, seconds, bar)
             if signum:  # the signal came in the epoch's last step: stop now that the epoch is saved
-                bar.close()
-                raise _interrupted(signum, epoch, step, out)
-    bar.close()
-    model.load_state_dict(best)
-    model.eval()
-    if pictures and group.is_main:
-        _draw_pictures(out, model, dataset, data_cfg, mode, device)
+                raise _interrupted(signum, state.epoch, state.step, out)
+    finish(t, state, pictures)
     return out
 
 
-def _draw_pictures(out: Path, model: VAE, dataset, data_cfg: DataConfig, mode: str, device: torch.device) -> None:
+def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSignal, bar: tqdm) -> tuple[int, dict]:
+    """Train from state.batch to the end of the epoch (or a signal); returns (signal, timing)."""
+    start, first, last_save, signum = time.perf_counter(), state.batch, time.monotonic(), 0
+    device, group, cfg = t.group.device, t.group, t.cfg
+    batches = t.plan.batches(state.epoch + 1, device)
+    history: list[torch.Tensor] = []  # per step: the terms' batch sums and the gradient norm
+    keys: list[str] = []
+    while state.batch < t.plan.steps:
+        for g in t.optimizer.param_groups:
+            g["lr"] = cfg.lr * lr_factor(cfg, state.step, t.total_steps)
+        beta = kl_weight(cfg, state.step, t.plan.steps)
+        knobs = {"beta": torch.tensor(beta, device=device) if cfg.compile else beta,  # no recompile per value
+                 "free_bits": cfg.free_bits, **t.model.knobs(state.step)}
+        x, y = t.train_data.batch(batches[state.batch][group.rank :: group.world])
+        terms = train_step(forward, t.optimizer, x, y, knobs, autocast)
+        if t.averaged is not t.model:  # decay warms up so that short runs average little
+            decay = min(cfg.ema, (1 + state.step) / (10 + state.step))
+            with torch.no_grad():
+                for p_avg, p in zip(t.averaged.parameters(), t.model.parameters()):
+                    p_avg.lerp_(p, 1 - decay)
+        grad_norm = terms.pop("grad_norm")
+        keys = sorted(terms)
+        history.append(torch.cat([state.sums.add(terms), grad_norm.double()[None]]))
+        state.batch, state.step = state.batch + 1, state.step + 1
+        bar.update(1)
+        due = time.monotonic() - last_save > 60 * cfg.checkpoint_every
+        signum = stop.signum
+        if group.active:  # every rank must checkpoint and stop at the same step
+            signum, due = (int(v) for v in group.max(torch.tensor([signum, due], device=device)))
+        if (signum or due) and state.batch < t.plan.steps:
+            check_finite(history, keys, state, first, t.out)
+            state.save(t)
+            last_save = time.monotonic()
+        if signum and state.batch < t.plan.steps:  # stopped mid-epoch, checkpoint written
+            raise _interrupted(signum, state.epoch + 1, state.step, t.out)
+    check_finite(history, keys, state, first, t.out)
+    seconds = time.perf_counter() - start
+    examples = t.plan.examples_per_epoch * (t.plan.steps - first) / t.plan.steps
+    timing = {"knobs": {k: float(v) for k, v in knobs.items() if k != "free_bits"}, "lr": t.optimizer.param_groups[0]["lr"],
+              "train_seconds": seconds, "images_per_second": examples / seconds, "start": start}
+    return signum, timing
+
+
+def check_finite(history: list[torch.Tensor], keys: list[str], state: TrainState, first: int, out: Path) -> None:
+    if history and not torch.isfinite(rows := torch.stack(history)).all():
+        raise _non_finite(rows, keys, state.epoch + 1, state.step - (state.batch - first), out)
+
+
+def end_epoch(t: Training, state: TrainState, timing: dict, bar: tqdm) -> None:
+    """Validate, keep the best weights, write the epoch's metrics line, checkpoint."""
+    state.epoch, state.batch = state.epoch + 1, 0
+    train_terms = state.sums.means(t.group)
+    state.sums.clear()
+    val_terms = validate(t.averaged, t.val_data, t.group, seed=t.data_cfg.split_seed)
+    if val_terms["neg_elbo"] is not None and val_terms["neg_elbo"] < state.best_val:
+        state.best_val = val_terms["neg_elbo"]
+        state.best = {k: v.detach().clone() for k, v in t.averaged.state_dict().items()}
+    if t.group.is_main:  # the line first: a resume drops lines past the checkpoint and redoes them
+        knobs = timing["knobs"]
+        ckpt.append_metrics(t.out, {
+            "epoch": state.epoch, "step": state.step,
+            **{f"train_{k}": v for k, v in train_terms.items()},
+            **{f"val_{k}": v for k, v in val_terms.items()},
+            "lr": timing["lr"], "kl_weight": knobs.pop("beta"), **knobs,
+            "train_seconds": timing["train_seconds"], "images_per_second": timing["images_per_second"],
+            "seconds": time.perf_counter() - timing["start"],
+        })
+    state.save(t)
+    bar.set_postfix(loss=f"{train_terms['neg_elbo']:.2f}", val=f"{val_terms['neg_elbo']:.2f}", refresh=False)
+
+
+def finish(t: Training, state: TrainState, pictures: bool, repair: bool = False) -> None:
+    """Load the best weights; draw the pictures (on resume of a finished run: only those missing)."""
+    t.model.load_state_dict(state.best)
+    t.model.eval()
+    if not (pictures and t.group.is_main):
+        return
     from . import plots  # matplotlib is imported only when pictures are drawn
 
-    plots.run_pictures(out, model, test_targets(dataset.test, data_cfg.split_seed, mode, device), data_cfg.split_seed)
+    if repair and all((t.out / name).is_file() for name in plots.picture_names(t.model)):
+        return
+    test = test_targets(t.dataset.test, t.data_cfg.split_seed, t.mode, t.group.device)
+    plots.run_pictures(t.out, t.model, test, t.data_cfg.split_seed)

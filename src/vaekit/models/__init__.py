@@ -1,5 +1,38 @@
-"""Models: each file reads top to bottom as its math (encode, sample, decode, objective)."""
+"""Models: each file reads top to bottom as its math (encode, sample, decode, objective) and keeps
+the contract in base.py. MODELS is the one mapping from names to models."""
 
-from .vae import VAE
+from __future__ import annotations
 
-__all__ = ["VAE"]
+import dataclasses
+
+from ..config import ModelConfig, from_dict
+from ..errors import VaekitError
+from .base import EvalContext, Model
+from .m2 import M2
+from .vae import CVAE, VAE
+
+MODELS: dict[str, type] = {"vae": VAE, "cvae": CVAE, "m2": M2}
+
+
+def model_class(name: object) -> type:
+    if name not in MODELS:
+        raise VaekitError(f"model = {name!r} is not a valid value (expected one of {', '.join(MODELS)})")
+    return MODELS[name]  # type: ignore[index]
+
+
+def build(cfg: ModelConfig) -> Model:
+    """The model that cfg describes (cfg.model names it), freshly initialised."""
+    cls = model_class(cfg.model)
+    if not isinstance(cfg, cls.Config):
+        raise VaekitError(f"a {type(cfg).__name__} does not configure --model {cfg.model}")
+    return cls(cfg)
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """The model config of a config.json; runs of vaekit 0.1 also stored `class_prior` for a plain VAE."""
+    cls = model_class(d.get("model", "vae") if isinstance(d, dict) else None).Config
+    legacy = frozenset({"class_prior"}) - {f.name for f in dataclasses.fields(cls)}
+    return from_dict(cls, d, ignore=legacy)
+
+
+__all__ = ["MODELS", "VAE", "CVAE", "M2", "EvalContext", "Model", "build", "config_from_dict", "model_class"]

@@ -5,117 +5,153 @@
     generative:  p(x | z[, c]) = Bernoulli(sigmoid(logits(z, c)))  or  N(mean(z, c), sigma^2 I)
     objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z[|c]))   (objectives.elbo)
 
-With cfg.model == "cvae" the class label c in {0..K-1} enters both networks as a one-hot vector.
-The CVAE's prior is a learned Gaussian per class (cfg.class_prior; it starts as N(0, I)): the
-encoder still puts some class information in z (digits of one style, coats of one shape), so the
-region of latent space that codes class c is not all of N(0, I), and a z ~ N(0, I) decoded as
-"trouser" can come out as a shirt. Sampling z ~ p(z|c) draws from where class c's codes live.
-KL(q(z|x,c) || p(z|c)) stays closed form.
-A beta-VAE is the same model trained with beta != 1 (a parameter of the objective, not a class).
+In the CVAE the class label c in {0..K-1} enters both networks as a one-hot vector. Its prior is a
+learned Gaussian per class (CVAEConfig.class_prior; it starts as N(0, I)): the encoder still puts
+some class information in z (digits of one style, coats of one shape), so the region of latent
+space that codes class c is not all of N(0, I), and a z ~ N(0, I) decoded as "trouser" can come out
+as a shirt. Sampling z ~ p(z|c) draws from where class c's codes live. KL(q(z|x,c) || p(z|c)) stays
+closed form. A beta-VAE is the same model trained with beta != 1 (a knob of the objective).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent
 
-from ..config import ModelConfig
+from ..config import ModelConfig, _opt
 from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
 from ..errors import VaekitError
 from ..nets import make_networks
-from ..objectives import elbo
+from ..objectives import elbo, gaussian_latent_bounds
+from .base import EvalContext, check_count, class_labels
 
 
 class VAE(nn.Module):
+    Config = ModelConfig
+    labels = "none"  # trained on images alone; labels, if the data has them, are ignored
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.model == "cvae" and cfg.num_classes < 2:
-            raise VaekitError("a conditional VAE (--model cvae) needs a labelled dataset with at least 2 classes")
         self.cfg = cfg
-        self.encoder, self.decoder = make_networks(cfg)
+        self.encoder, self.decoder = make_networks(cfg, self.num_classes)
         # Non-persistent buffers: they follow .to(device) but are not saved in checkpoints.
         self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(cfg.latent_dim), persistent=False)
-        if cfg.model == "cvae" and cfg.class_prior:  # p(z|c): one row per class, (K, D)
-            self.class_prior_loc = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
-            self.class_prior_log_scale = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
 
     @property
-    def conditional(self) -> bool:
-        return self.cfg.model == "cvae"
+    def num_classes(self) -> int:
+        """Classes the model is conditioned on and can draw (0: none)."""
+        return 0
 
-    def _onehot(self, c: torch.Tensor | None) -> torch.Tensor | None:
-        if not self.conditional:
-            return None
-        if c is None:
-            raise VaekitError("a conditional VAE needs class labels c")
-        return F.one_hot(c, self.cfg.num_classes).to(self.prior_loc.dtype)
+    def condition(self, c: torch.Tensor | None) -> torch.Tensor | None:
+        """The one-hot class the networks see: (B, K), or None for an unconditional model."""
+        return None
 
-    # ---- inference: q(z | x, c)
+    # ---- inference: q(z | x[, c])
     def posterior(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
-        loc, scale = self.encoder(x, self._onehot(c))
+        loc, scale = self.encoder(x, self.condition(c))
         return diagonal_gaussian(loc, scale)
 
-    # ---- generative: p(z[|c]) and p(x | z, c)
+    # ---- generative: p(z[|c]) and p(x | z[, c])
     def prior(self, c: torch.Tensor | None = None) -> Independent:
-        """N(0, I) (event shape (D,)); with a class prior, p(z|c) for labels c: (B,) (batch shape (B,))."""
-        if self.conditional and self.cfg.class_prior:
-            if c is None:
-                raise VaekitError("this conditional VAE has a prior per class: p(z|c) needs labels c")
-            return diagonal_gaussian(self.class_prior_loc[c], self.class_prior_log_scale[c].exp())
+        """N(0, I), event shape (D,)."""
         return diagonal_gaussian(self.prior_loc, self.prior_scale)
 
     def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
-        out = self.decoder(z, self._onehot(c))  # (B, C, H, W)
+        out = self.decoder(z, self.condition(c))  # (B, C, H, W)
         if self.cfg.likelihood == "bernoulli":
             return bernoulli_likelihood(out)
         return gaussian_likelihood(out, self.cfg.sigma)
 
     # ---- objective
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor | None = None, *, beta: float = 1.0, free_bits: float = 0.0
+        self, x: torch.Tensor, y: torch.Tensor | None = None, *, beta: float | torch.Tensor = 1.0, free_bits: float = 0.0
     ) -> dict[str, torch.Tensor]:
-        """Per-image ELBO terms and the training loss of a batch; see objectives.elbo."""
-        return elbo(self, x, c, beta=beta, free_bits=free_bits)
+        """Per-image ELBO terms (neg_elbo, recon, kl) and the training loss of a batch; see objectives.elbo."""
+        return elbo(self, x, y if self.num_classes else None, beta=beta, free_bits=free_bits)
+
+    def knobs(self, step: int) -> dict[str, float]:
+        return {}
+
+    @torch.no_grad()
+    def bounds(self, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, chunk: int) -> dict[str, torch.Tensor]:
+        """recon, closed-form kl (and per dimension), nll = -IWAE_K; see objectives.gaussian_latent_bounds."""
+        return gaussian_latent_bounds(self, x, y if self.num_classes else None, num_samples=num_samples, chunk=chunk)
+
+    def metrics(self, context: EvalContext) -> dict:
+        return {}
 
     # ---- uses
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
         """n images E[x|z,c], z ~ p(z[|c]): (n, C, H, W) in [0, 1]. A CVAE needs `labels` (one int or n ints)."""
-        device = self.prior_loc.device
-        c = None
-        if labels is not None:
-            if not self.conditional:
-                raise VaekitError("labels were given but this model is not conditional (train with --model cvae)")
-            c = torch.as_tensor(labels, device=device, dtype=torch.long).expand(n) if isinstance(labels, int) else (
-                torch.as_tensor(labels, device=device, dtype=torch.long))
-            if c.shape != (n,):
-                raise VaekitError(f"got {c.numel()} labels for {n} samples")
-            if c.min() < 0 or c.max() >= self.cfg.num_classes:
-                raise VaekitError(f"labels must be in 0..{self.cfg.num_classes - 1}")
-        elif self.conditional:
-            raise VaekitError("a conditional VAE needs labels to sample (e.g. --label 7)")
+        n = check_count(n)
+        c = class_labels(labels, n, self.num_classes, self.prior_loc.device)
         prior = self.prior(c)
         z = prior.sample(() if prior.batch_shape else (n,))  # (n, D)
         return likelihood_mean(self.likelihood(z, c))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z = posterior mean]: (B, C, H, W) in [0, 1]."""
+        c = y if self.num_classes else None
         return likelihood_mean(self.likelihood(self.posterior(x, c).mean, c))
 
     @torch.no_grad()
-    def redraw_as_every_class(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Style transfer: encode x with its own labels c, decode each z with every class.
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The posterior mean E[z | x[, c]]: (B, D)."""
+        return self.posterior(x, y if self.num_classes else None).mean
 
-        x: (B, C, H, W), c: (B,) -> (B, K, C, H, W); entry [i, k] is image i's style drawn as class k.
-        """
-        if not self.conditional:
-            raise VaekitError("analogies need a conditional model (train with --model cvae)")
-        z = self.posterior(x, c).mean  # (B, D)
-        b, k = len(x), self.cfg.num_classes
-        classes = torch.arange(k, device=z.device).repeat(b)  # (B*K,)
-        images = likelihood_mean(self.likelihood(z.repeat_interleave(k, 0), classes))
-        return images.view(b, k, *images.shape[1:])
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
+        """E[x | z[, c]] for latent points z: (B, D) -> (B, C, H, W) in [0, 1]."""
+        c = class_labels(labels, len(z), self.num_classes, z.device)
+        return likelihood_mean(self.likelihood(z, c))
+
+
+@dataclass(frozen=True)
+class CVAEConfig(ModelConfig):
+    model: str = "cvae"
+    class_prior: bool = _opt(True, "a learned Gaussian prior p(z|c) per class (--no-class-prior: p(z) = N(0, I))")
+
+
+class CVAE(VAE):
+    """The VAE with the class c given to both networks (and, by default, a prior per class)."""
+
+    Config = CVAEConfig
+    labels = "all"
+
+    def __init__(self, cfg: CVAEConfig):
+        if cfg.num_classes < 2:
+            raise VaekitError("a conditional VAE (--model cvae) needs a labelled dataset with at least 2 classes")
+        super().__init__(cfg)
+        if cfg.class_prior:  # p(z|c): one row per class, (K, D)
+            self.class_prior_loc = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
+            self.class_prior_log_scale = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def condition(self, c: torch.Tensor | None) -> torch.Tensor:
+        if c is None:
+            raise VaekitError("a conditional VAE needs class labels c")
+        return F.one_hot(c, self.cfg.num_classes).to(self.prior_loc.dtype)
+
+    def prior(self, c: torch.Tensor | None = None) -> Independent:
+        """p(z|c) for labels c: (B,) (batch shape (B,)); N(0, I) without a class prior."""
+        if not self.cfg.class_prior:
+            return super().prior()
+        if c is None:
+            raise VaekitError("this conditional VAE has a prior per class: p(z|c) needs labels c")
+        return diagonal_gaussian(self.class_prior_loc[c], self.class_prior_log_scale[c].exp())
+
+    def metrics(self, context: EvalContext) -> dict:
+        """How recognisable its samples of each class are to a judge trained on the real images."""
+        from ..classifier import judge_conditional_samples
+
+        return judge_conditional_samples(self, context)

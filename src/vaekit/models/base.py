@@ -1,0 +1,98 @@
+"""The contract every model keeps; the loop, evaluation, pictures and the CLI know models only by it.
+
+A model is an nn.Module in one file of this folder, plus one line in MODELS (models/__init__.py):
+
+    Config: type[ModelConfig]         its frozen config: ModelConfig's shared fields plus its own
+    labels: "none" | "all" | "some"   which labels training needs: none (VAE), every image's (CVAE),
+                                      or some (M2: y = -1 marks an unknown label)
+    num_classes: int                  classes it can draw (0: it draws without a class)
+
+    forward(x, y, **knobs) -> dict    the training objective of a batch x: (B, C, H, W), labels y: (B,)
+                                      or None: "loss" (the scalar to minimise) and per-example terms,
+                                      each a 1-d tensor over the examples it is defined on (a term of
+                                      the labelled images only has one entry per labelled image). The
+                                      loop logs every key, as a sum and a count. Knobs: beta, free_bits
+                                      (the loop's KL weight and floor) and those of knobs(step).
+    knobs(step) -> dict[str, float]   the model's own schedules at global step `step` (e.g. a temperature);
+                                      logged each epoch
+    bounds(x, y, num_samples, chunk)  evaluation terms per example, with true samples: "recon" and "kl"
+                                      (-ELBO = recon + kl), "nll" (-IWAE with num_samples samples), and
+                                      any other per-example number (e.g. "label_error"); a 2-d entry
+                                      (B, D) is reported per latent dimension (its column means)
+    sample(n, labels=None)            n images in [0, 1]; labels: one int or n ints, for num_classes > 0
+    reconstruct(x, y=None)            images in [0, 1]
+    encode(x, y=None) -> (B, D)       a point per image (the posterior mean): maps, active units
+    decode(z, labels=None)            images in [0, 1] of latent points z: (B, D)
+    metrics(context) -> dict          numbers only this model has (e.g. the judge of conditional samples)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import VaekitError
+
+LABEL_NEEDS = ("none", "all", "some")
+
+
+@dataclass
+class EvalContext:
+    """What a model's metrics() may use: the run folder (to cache things in), its dataset (loaded on
+    demand), the device, a logger for slow one-off work, and the options of `vaekit evaluate`."""
+
+    run: Path | None
+    dataset: Callable[[], Any]
+    device: torch.device
+    log: Callable[[str], None] | None = None
+    samples_per_class: int = 1000
+
+
+class Model(Protocol):
+    Config: ClassVar[type[ModelConfig]]
+    labels: ClassVar[str]
+    cfg: ModelConfig
+
+    @property
+    def num_classes(self) -> int: ...
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, **knobs: Any) -> dict[str, torch.Tensor]: ...
+    def knobs(self, step: int) -> dict[str, float]: ...
+    def bounds(self, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, chunk: int) -> dict[str, torch.Tensor]: ...
+    def sample(self, n: int, labels: Any = None) -> torch.Tensor: ...
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
+    def decode(self, z: torch.Tensor, labels: Any = None) -> torch.Tensor: ...
+    def metrics(self, context: EvalContext) -> dict: ...
+
+
+def class_labels(labels: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor | None:
+    """Labels for n images as a (n,) long tensor: one int for all, or n ints; None stays None.
+
+    A model that draws classes (num_classes > 0) needs them; one that does not refuses them."""
+    if labels is None:
+        if num_classes:
+            raise VaekitError("this model draws a class per image: give labels (e.g. --label 7)")
+        return None
+    if not num_classes:
+        raise VaekitError("labels were given but this model draws no classes (train with --model cvae or m2)")
+    if isinstance(labels, bool) or not isinstance(labels, (int, list, tuple, torch.Tensor)):
+        raise VaekitError(f"labels must be an int or a list of ints, got {type(labels).__name__}")
+    c = torch.as_tensor(labels, dtype=torch.long, device=device)
+    c = c.expand(n) if c.dim() == 0 else c
+    if c.shape != (n,):
+        raise VaekitError(f"got {c.numel()} labels for {n} samples")
+    if n and (c.min() < 0 or c.max() >= num_classes):
+        raise VaekitError(f"labels must be in 0..{num_classes - 1}")
+    return c
+
+
+def check_count(n: Any, what: str = "n") -> int:
+    """A number of images to draw: an int >= 1."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise VaekitError(f"{what} must be a whole number of at least 1, got {n!r}")
+    return n

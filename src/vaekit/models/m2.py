@@ -1,0 +1,201 @@
+"""The semi-supervised VAE "M2" (Kingma, Rezende, Mohamed & Welling 2014): the label y is a latent
+variable, observed where it is known and summed out where it is not.
+
+    generative:  p(y) = Cat(1/K),  p(z) = N(0, I),  p(x | y, z) = Bernoulli(logits(z, y)) or N(mean(z, y), s^2)
+    inference:   q(y | x) = Cat(softmax(classifier(x))),   q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2))
+
+    labelled x, y:   -L(x, y) = -E_q(z|x,y)[log p(x|y,z)] + KL(q(z|x,y) || p(z)) - log p(y)
+    unlabelled x:    -U(x)    = sum_y q(y|x) [-L(x, y)] - H(q(y|x))
+                              = sum_y q(y|x) [recon_y + KL_z,y] + KL(q(y|x) || p(y))
+    training loss:   (sum over the batch of -L or -U  +  alpha * sum over its labelled images of -log q(y|x)) / B
+
+The sum over y is exact: each unlabelled image is decoded as every class in one batched pass, never
+with a sampled y. -U(x) is a bound on -log p(x), comparable with the VAE's -ELBO; validation and
+evaluation treat every image as unlabelled and score q(y|x) on the known labels separately.
+
+alpha weighs the classifier's log-loss per labelled image against that image's -ELBO (nats). Kingma
+et al. set alpha = 0.1 N on an objective summed over the N training images with the classifier term
+averaged over the N_l labelled ones; per labelled image that is 0.1 N / N_l, the default here
+(alpha = 0: about 1.4 on digits with 10 labels per class, 57 on Fashion-MNIST; Pyro's example uses 46).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Independent, kl_divergence
+
+from ..config import ModelConfig, _opt
+from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
+from ..errors import VaekitError
+from ..nets import make_classifier, make_networks
+from ..objectives import gaussian_latent_bounds
+from .base import EvalContext, check_count, class_labels
+
+
+@dataclass(frozen=True)
+class M2Config(ModelConfig):
+    model: str = "m2"
+    alpha: float = _opt(0.0, "m2: weight of -log q(y|x) per labelled image; 0 = Kingma et al.'s 0.1 N / N_labelled",
+                        low=0)
+    # Filled in from the data, not from flags: N_labelled / N of the training images.
+    labelled_fraction: float = 1.0
+
+
+class M2(nn.Module):
+    Config = M2Config
+    labels = "some"  # y = -1 marks an image whose label is unknown
+
+    def __init__(self, cfg: M2Config):
+        super().__init__()
+        if cfg.num_classes < 2:
+            raise VaekitError("--model m2 needs labels with at least 2 classes (y = -1 for the unknown ones)")
+        self.cfg = cfg
+        self.classifier = make_classifier(cfg, cfg.num_classes)  # q(y|x)
+        self.encoder, self.decoder = make_networks(cfg, cfg.num_classes)  # q(z|x,y), p(x|y,z)
+        self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim), persistent=False)
+        self.register_buffer("prior_scale", torch.ones(cfg.latent_dim), persistent=False)
+        self.alpha = cfg.alpha or 0.1 / max(cfg.labelled_fraction, 1e-12)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    # ---- inference: q(y | x) and q(z | x, y)
+    def label_posterior(self, x: torch.Tensor) -> torch.Tensor:
+        """log q(y|x): (B, K)."""
+        return F.log_softmax(self.classifier(x), dim=-1)
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> Independent:
+        loc, scale = self.encoder(x, self._onehot(y))
+        return diagonal_gaussian(loc, scale)
+
+    # ---- generative: p(z), p(y) uniform, p(x | y, z)
+    def prior(self, y: torch.Tensor | None = None) -> Independent:
+        return diagonal_gaussian(self.prior_loc, self.prior_scale)
+
+    def likelihood(self, z: torch.Tensor, y: torch.Tensor) -> Independent:
+        out = self.decoder(z, self._onehot(y))
+        return bernoulli_likelihood(out) if self.cfg.likelihood == "bernoulli" else gaussian_likelihood(out, self.cfg.sigma)
+
+    def _onehot(self, y: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(y, self.cfg.num_classes).to(self.prior_loc.dtype)
+
+    def _every_class(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image once per class, class-major: x (B, ...) -> (K*B, ...), y (K*B,) = 0..0, 1..1, ..."""
+        k = self.cfg.num_classes
+        return x.repeat(k, *([1] * (x.dim() - 1))), torch.arange(k, device=x.device).repeat_interleave(len(x))
+
+    def _neg_elbo_given_y(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One reparameterised sample: -log p(x|y,z) and KL(q(z|x,y) || p(z)), each (B,)."""
+        posterior = self.posterior(x, y)
+        z = posterior.rsample()
+        recon = -self.likelihood(z, y).log_prob(x)
+        kl = kl_divergence(posterior.base_dist, self.prior().base_dist).sum(-1)
+        return recon, kl
+
+    # ---- objective
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, *, beta: float | torch.Tensor = 1.0, free_bits: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        if free_bits:
+            raise VaekitError("--free-bits is not defined for --model m2 (its KL mixes classes): leave it at 0")
+        y = torch.full((len(x),), -1, device=x.device) if y is None else y
+        log_qy = self.label_posterior(x)  # (B, K)
+        known = y >= 0
+        if not self.training:  # validation: every image as unlabelled (a bound on -log p(x)), q(y|x) scored apart
+            known_y = y[known]
+            terms = self._unlabelled(x, log_qy, beta)
+            terms["classifier_nll"] = -log_qy[known].gather(1, known_y[:, None])[:, 0]
+            terms["label_error"] = (log_qy[known].argmax(-1) != known_y).float()
+            terms["loss"] = terms["neg_elbo"].mean()
+            return terms
+        xl, yl, log_qy_l = x[known], y[known], log_qy[known]
+        recon_l, kl_l = self._neg_elbo_given_y(xl, yl)
+        log_k = math.log(self.cfg.num_classes)  # -log p(y)
+        labelled = recon_l + kl_l + log_k
+        classifier_nll = -log_qy_l.gather(1, yl[:, None])[:, 0]
+        terms = self._unlabelled(x[~known], log_qy[~known], beta)
+        loss = (terms.pop("weighted").sum() + (recon_l + beta * kl_l + log_k).sum()
+                + self.alpha * classifier_nll.sum()) / len(x)
+        return {"loss": loss, **terms, "labelled_neg_elbo": labelled, "classifier_nll": classifier_nll}
+
+    def _unlabelled(self, x: torch.Tensor, log_qy: torch.Tensor, beta: float | torch.Tensor) -> dict[str, torch.Tensor]:
+        """-U(x) = recon + kl with y summed out exactly; `weighted` has the KL of z weighted by beta."""
+        qy = log_qy.exp()  # (B, K)
+        recon_y, kl_y = (t.view(self.cfg.num_classes, len(x)).T for t in self._neg_elbo_given_y(*self._every_class(x)))
+        recon = (qy * recon_y).sum(-1)
+        kl_z = (qy * kl_y).sum(-1)
+        kl_label = (qy * (log_qy + math.log(self.cfg.num_classes))).sum(-1)  # KL(q(y|x) || uniform)
+        return {"neg_elbo": recon + kl_z + kl_label, "recon": recon, "kl": kl_z + kl_label,
+                "weighted": recon + beta * kl_z + kl_label}
+
+    def knobs(self, step: int) -> dict[str, float]:
+        return {}
+
+    @torch.no_grad()
+    def bounds(self, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, chunk: int) -> dict[str, torch.Tensor]:
+        """Per image, with y summed out exactly and importance sampling over z inside the sum:
+
+            nll = -log sum_y p(y) exp(IWAE_K(x | y)),  recon/kl as in -U(x),  label_error on known labels
+        """
+        k, b = self.cfg.num_classes, len(x)
+        log_qy = self.label_posterior(x)  # (B, K)
+        qy = log_qy.exp()
+        xs, ys = self._every_class(x)
+        given_y = gaussian_latent_bounds(self, xs, ys, num_samples=num_samples, chunk=max(1, chunk // k))
+
+        def per_class(t: torch.Tensor) -> torch.Tensor:  # (K*B, ...) -> (B, K, ...)
+            return t.view(k, b, *t.shape[1:]).transpose(0, 1)
+
+        kl_label = (qy * (log_qy + math.log(k))).sum(-1)
+        terms = {
+            "recon": (qy * per_class(given_y["recon"])).sum(-1),
+            "kl": (qy * per_class(given_y["kl"])).sum(-1) + kl_label,
+            "kl_per_dim": (qy[..., None] * per_class(given_y["kl_per_dim"])).sum(1),
+            "nll": -torch.logsumexp(-per_class(given_y["nll"]) - math.log(k), dim=-1),
+        }
+        y = torch.full((b,), -1, device=x.device) if y is None else y
+        terms["label_error"] = (log_qy.argmax(-1) != y)[y >= 0].float()
+        return terms
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y|x): (B, K)."""
+        return self.label_posterior(x).exp()
+
+    def metrics(self, context: EvalContext) -> dict:
+        """How recognisable its samples of each class are, judged as the CVAE's are."""
+        from ..classifier import judge_conditional_samples
+
+        return judge_conditional_samples(self, context)
+
+    # ---- uses
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
+        """n images E[x|y,z], z ~ N(0, I): (n, C, H, W) in [0, 1], for labels y (one int or n ints)."""
+        n = check_count(n)
+        y = class_labels(labels, n, self.num_classes, self.prior_loc.device)
+        return likelihood_mean(self.likelihood(self.prior().sample((n,)), y))
+
+    def _known_or_predicted(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        guess = self.label_posterior(x).argmax(-1)
+        return guess if y is None else torch.where(y >= 0, y, guess)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[z | x, y], with y the known label or else the classifier's guess: (B, D)."""
+        return self.posterior(x, self._known_or_predicted(x, y)).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._known_or_predicted(x, y)
+        return likelihood_mean(self.likelihood(self.posterior(x, y).mean, y))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
+        return likelihood_mean(self.likelihood(z, class_labels(labels, len(z), self.num_classes, z.device)))
