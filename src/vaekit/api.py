@@ -124,7 +124,8 @@ def evaluate(
                           "labelled images (its nll is -log p(x|c))")
     result = evaluate_model(model, targets.x, targets.y, iw_samples=iw_samples, max_batch=max_batch, progress=progress)
     result["dataset"] = data_cfg.dataset
-    context = models.EvalContext(Path(run), lambda: load_dataset(data_cfg), dev, log, samples_per_class)
+    every_label = dataclasses.replace(data_cfg, labels_per_class=0)
+    context = models.EvalContext(Path(run), lambda: load_dataset(every_label), dev, log, samples_per_class)
     result.update(model.metrics(context))
     from .latent_classifier import label_error  # M1: a classifier on the latent means, if the run has one
 

@@ -184,6 +184,16 @@ class RunLock:
             os.close(self.fd)  # releases the lock
 
 
+LABELLED = "labelled.json"
+
+
+def save_labelled(folder: Path, source_index: torch.Tensor, labels: torch.Tensor) -> None:
+    """labelled.json: the training images whose label the model saw, as positions in the data source
+    (the .npz or IDX file, the sorted image folder) with their labels."""
+    doc = {"source_index": source_index.tolist(), "label": labels.tolist()}
+    atomic_write(Path(folder) / LABELLED, (json.dumps(doc) + "\n").encode())
+
+
 def check_restartable(out: Path) -> None:
     """A run without last.safetensors may start again only if it never wrote weights or a metrics line:
     a finished or partly trained run is never silently replaced."""
@@ -235,6 +245,10 @@ def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = 
     _, model_cfg, _ = read_config(folder)
     model = build(model_cfg)
     tensors, _ = load_tensors(Path(folder) / weights)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise VaekitError(f"{Path(folder) / weights} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                          f"{', ...' if len(bad) > 3 else ''}: the file is damaged or the run diverged")
     load_state_dict_into(model, tensors, Path(folder) / weights)
     return model.to(device).eval()
 

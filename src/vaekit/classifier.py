@@ -94,9 +94,11 @@ def _train_classifier(dataset: ImageDataset, device: torch.device, epochs: int |
                       blur_sigma: float) -> tuple[Classifier, float]:
     gen = torch.Generator().manual_seed(seed)
     classifier = Classifier(dataset.image_shape, dataset.num_classes).to(device)
-    x, y = dataset.train.to_float().to(device), dataset.train.y.to(device)
+    known = dataset.train.y >= 0  # the judge learns from the images whose label is known
+    x, y = dataset.train.to_float()[known].to(device), dataset.train.y[known].to(device)
     blur_sigma = blur_sigma * min(dataset.image_shape[1:]) / 28  # 1 px at 28x28 is 0.29 px at 8x8
-    xv, yv = dataset.val.to_float().to(device), dataset.val.y.to(device)
+    val_known = dataset.val.y >= 0
+    xv, yv = dataset.val.to_float()[val_known].to(device), dataset.val.y[val_known].to(device)
     # About 300k images' worth of steps: 60 passes over digits, 6 over Fashion-MNIST.
     epochs = epochs or max(5, min(60, math.ceil(300_000 / len(x))))
     optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
@@ -121,7 +123,8 @@ def _train_classifier(dataset: ImageDataset, device: torch.device, epochs: int |
         if acc > best_acc:
             best_acc, best = acc, {k: v.detach().clone() for k, v in classifier.state_dict().items()}
     classifier.load_state_dict(best)
-    test_acc = accuracy(classifier, dataset.test.to_float().to(device), dataset.test.y.to(device))
+    test_known = dataset.test.y >= 0
+    test_acc = accuracy(classifier, dataset.test.to_float()[test_known].to(device), dataset.test.y[test_known].to(device))
     return classifier.eval(), test_acc
 
 

@@ -5,7 +5,7 @@
     nll      = -IWAE_K(x)      the importance-weighted estimate of -log p(x) (Burda et al. 2016);
                                its expectation is an upper bound on -log p(x) that tightens as K grows
 Each is a mean over images with its standard error (std / sqrt(n)). Any other per-example number a
-model reports (e.g. M2's label_error) is averaged the same way over the examples it is defined on.
+model reports (e.g. a classifier's label_error) is averaged the same way over the examples it is defined on.
 Also: the KL of each latent dimension and the number of active units, dimensions whose posterior
 mean varies across the data (Cov_x(E_q[z_d]) > 0.01, Burda et al. 2016): few means posterior collapse.
 The evaluation works through the model contract (models/base.py): bounds() and encode().

@@ -1,7 +1,9 @@
 """M1 (Kingma et al. 2014): a classifier of the latent means E[z|x] of a run's labelled training
 images, for data whose labels are mostly missing; and `vaekit predict` for any run that classifies.
 
-The classifier is scikit-learn's RBF support vector machine on standardised codes. Nothing is
+The classifier is scikit-learn's multinomial logistic regression on standardised codes (calibrated
+class probabilities for `vaekit predict`, and no cross-validation that a few labels per class could
+not feed). Nothing is
 pickled: the run folder keeps the labelled codes and labels (m1.safetensors) and the recipe (m1.json),
 and the classifier is refitted from them when needed (deterministic; a second on a few thousand codes).
 """
@@ -21,15 +23,15 @@ from .data import UNKNOWN, fixed_targets, keep_labels_per_class, load_dataset
 from .errors import VaekitError
 
 WEIGHTS, RECIPE = "m1.safetensors", "m1.json"
-M1_RECIPE = "svc-rbf-standardised"
+M1_RECIPE = "logistic-regression-standardised"
 
 
 def _classifier(codes: np.ndarray, labels: np.ndarray):
+    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
 
-    return make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale", probability=True, random_state=0)).fit(codes, labels)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(codes, labels)
 
 
 @torch.no_grad()

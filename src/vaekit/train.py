@@ -327,20 +327,19 @@ def check_labels(cls: type, name: str, dataset: ImageDataset) -> torch.Tensor | 
         raise VaekitError(f"--model {name} needs class labels of at least 2 classes, and dataset "
                           f"'{dataset.name}' has {found}")
     known = y >= 0
+    partial = [n for n, m in models.MODELS.items() if m.labels == "some"]
     if cls.labels == "all" and not known.all():
         raise VaekitError(f"--model {name} needs every training image labelled, and {int((~known).sum())} of "
-                          f"{len(y)} in '{dataset.name}' are unknown (-1): use --model m2 for partly labelled data")
+                          f"{len(y)} in '{dataset.name}' are unknown (-1): for partly labelled data use "
+                          f"--model {' or '.join(partial)}")
     if cls.labels == "some":
-        if known.all() or not known.any():
-            which = "every" if known.all() else "no"
-            raise VaekitError(f"--model {name} learns from labelled and unlabelled images, and {which} training image "
-                              f"of '{dataset.name}' is labelled: keep fewer labels (--labels-per-class N)"
-                              if known.all() else f"--model {name} needs some labelled training images, and "
-                              f"'{dataset.name}' has none (every label is -1)")
+        if known.all():
+            raise VaekitError(f"--model {name} learns from labelled and unlabelled images, and every training image "
+                              f"of '{dataset.name}' is labelled: keep fewer labels (--labels-per-class N)")
         missing = sorted(set(range(dataset.num_classes)) - set(y[known].unique().tolist()))
         if missing:
             raise VaekitError(f"--model {name} needs a labelled training image of every class; classes "
-                              f"{', '.join(map(str, missing[:10]))} have none in '{dataset.name}'")
+                              f"{', '.join(map(str, missing[:10]))} have none in the training split of '{dataset.name}'")
         return known.nonzero()[:, 0]
     return None
 
@@ -408,6 +407,8 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
             ckpt.prepare_run_folder(out, overwrite)
     if group.is_main:
         ckpt.save_config(out, t.data_cfg, t.model_cfg, t.cfg)
+        if t.plan.labelled is not None:  # exactly which training images were labelled
+            ckpt.save_labelled(out, t.dataset.train.index[t.plan.labelled], t.dataset.train.y[t.plan.labelled])
     group.barrier()
 
     ddp = torch.nn.parallel.DistributedDataParallel(t.model) if group.active else t.model

@@ -110,6 +110,7 @@ class M2(nn.Module):
         if not self.training:  # validation: every image as unlabelled (a bound on -log p(x)), q(y|x) scored apart
             known_y = y[known]
             terms = self._unlabelled(x, log_qy, beta)
+            del terms["weighted"]
             terms["classifier_nll"] = -log_qy[known].gather(1, known_y[:, None])[:, 0]
             terms["label_error"] = (log_qy[known].argmax(-1) != known_y).float()
             terms["loss"] = terms["neg_elbo"].mean()

@@ -1,0 +1,290 @@
+"""The semi-supervised VAE (M2), the latent classifier (M1), labels with holes and the model contract."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vaekit
+from vaekit import VaekitError
+from vaekit.cli import main
+from vaekit.config import DataConfig
+from vaekit.data import EpochPlan, load_dataset
+from vaekit.models import MODELS
+from vaekit.models.m2 import M2, M2Config
+
+SRC = Path(__file__).parents[1] / "src" / "vaekit"
+TINY = dict(dataset="digits", width=8, hidden=32, latent_dim=4, progress=False)
+
+
+def tiny_m2(k: int = 3, **options) -> M2:
+    torch.manual_seed(0)
+    return M2(M2Config(image_shape=(1, 8, 8), num_classes=k, latent_dim=2, width=4, hidden=16,
+                       labelled_fraction=0.1, **options))
+
+
+# ---- the contract: a model is a file and a line
+
+def test_generic_files_name_no_model():
+    for name in ("train.py", "evaluate.py", "plots.py", "checkpoint.py", "api.py"):
+        text = (SRC / name).read_text()
+        for word in ("conditional", "cvae", "m2", "M2"):
+            assert word not in text, f"{name} names '{word}'"
+    assert set(MODELS) >= {"vae", "cvae", "m2"}
+
+
+def test_fit_reads_as_a_short_driver():
+    import inspect
+
+    from vaekit import train as _  # noqa: F401
+    import sys
+
+    loop = sys.modules["vaekit.train"]
+    for function in (loop.fit, loop._fit):
+        assert len(inspect.getsource(function).splitlines()) <= 50, function.__name__
+
+
+# ---- the objective: y summed out exactly
+
+def test_unlabelled_bound_enumerates_every_class_weighted_by_q():
+    """-U(x) = sum_y q(y|x) (recon_y + KL_y) + KL(q(y|x) || uniform), with y enumerated, never sampled."""
+    model = tiny_m2(k=3).train()
+    seen = []
+
+    def given_y(x, y):  # a known stand-in for the per-class -ELBO: recon = 10 y + 1, KL = y
+        seen.append(y.clone())
+        return 10 * y.double() + 1, y.double()
+
+    model._neg_elbo_given_y = given_y
+    x = torch.rand(5, 1, 8, 8).bernoulli()
+    terms = model(x, torch.full((5,), -1))
+    assert torch.equal(seen[-1], torch.tensor([0] * 5 + [1] * 5 + [2] * 5))  # every class, one batched pass
+    qy = model.label_posterior(x).exp().double()
+    expected_recon = (qy * (10 * torch.arange(3.0) + 1)).sum(-1)
+    expected_kl = (qy * torch.arange(3.0)).sum(-1) + (qy * (qy.log() + math.log(3))).sum(-1)
+    torch.testing.assert_close(terms["recon"].double(), expected_recon, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(terms["kl"].double(), expected_kl, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(terms["neg_elbo"], terms["recon"] + terms["kl"])
+    assert terms["labelled_neg_elbo"].shape == terms["classifier_nll"].shape == (0,)
+
+
+def test_labelled_images_use_the_labelled_bound_and_the_classifier_term():
+    model = tiny_m2(k=3, alpha=2.0).train()
+    model._neg_elbo_given_y = lambda x, y: (10 * y.float() + 1, y.float())
+    x = torch.rand(4, 1, 8, 8).bernoulli()
+    y = torch.tensor([2, -1, 0, -1])
+    terms = model(x, y)
+    torch.testing.assert_close(terms["labelled_neg_elbo"], torch.tensor([21 + 2 + math.log(3), 1 + math.log(3)]))
+    log_qy = model.label_posterior(x)
+    torch.testing.assert_close(terms["classifier_nll"], -log_qy[[0, 2], [2, 0]])
+    assert terms["neg_elbo"].shape == (2,)  # the unlabelled ones
+    expected = (terms["neg_elbo"].sum() + terms["labelled_neg_elbo"].sum() + 2.0 * terms["classifier_nll"].sum()) / 4
+    torch.testing.assert_close(terms["loss"], expected)
+
+
+def test_default_alpha_is_kingmas_per_labelled_image():
+    assert tiny_m2().alpha == pytest.approx(0.1 / 0.1)  # 0.1 N / N_l with N_l / N = 0.1
+    assert tiny_m2(alpha=3.0).alpha == 3.0
+
+
+def test_bounds_sum_classes_out_and_score_the_classifier():
+    model = tiny_m2(k=3).eval()
+    x = torch.rand(6, 1, 8, 8).bernoulli()
+    y = torch.tensor([0, 1, 2, -1, 0, 1])
+    torch.manual_seed(1)
+    b = model.bounds(x, y, num_samples=50, chunk=30)
+    assert b["label_error"].shape == (5,)  # the images with a known label
+    assert set(b["label_error"].tolist()) <= {0.0, 1.0}
+    assert (b["nll"] <= b["recon"] + b["kl"] + 1.0).all()  # IWAE_50 is (noisily) below the -ELBO
+    assert b["kl_per_dim"].shape == (6, 2)
+    # nll = -log sum_y p(y) exp(IWAE(x|y)): at least -log max_y p(x|y) + log K would allow
+    torch.manual_seed(1)
+    again = model.bounds(x, y, num_samples=50, chunk=30)
+    assert torch.equal(again["nll"], b["nll"])
+
+
+# ---- data: labels with holes, balanced subsets, mixed batches
+
+def test_labels_per_class_keeps_a_balanced_seeded_subset():
+    full = load_dataset(DataConfig(dataset="digits"))
+    data = load_dataset(DataConfig(dataset="digits", labels_per_class=10))
+    y = data.train.y
+    assert (torch.bincount(y[y >= 0], minlength=10) == 10).all() and int((y == -1).sum()) == len(y) - 100
+    kept = y >= 0
+    assert torch.equal(y[kept], full.train.y[kept])  # the kept labels are the true ones
+    again = load_dataset(DataConfig(dataset="digits", labels_per_class=10))
+    assert torch.equal(again.train.y, y)
+    other = load_dataset(DataConfig(dataset="digits", labels_per_class=10, split_seed=1))
+    assert not torch.equal(other.train.index[other.train.y >= 0].sort().values, data.train.index[kept].sort().values)
+    assert torch.equal(data.test.y, full.test.y)  # test labels are never hidden
+
+
+def test_every_batch_mixes_labelled_and_unlabelled_images():
+    labelled = torch.tensor([3, 17, 40, 41, 99])
+    plan = EpochPlan(n=103, batch_size=10, world=1, seed=4, labelled=labelled, share=0.3)
+    batches = plan.batches(epoch=2, device="cpu")
+    assert len(batches) == plan.steps == math.ceil(98 / 7)
+    unlabelled_seen = torch.cat([b[:7] for b in batches])
+    assert sorted(unlabelled_seen.tolist()) == sorted(set(range(103)) - set(labelled.tolist()))  # one pass
+    for b in batches:
+        assert sum(int(i) in labelled.tolist() for i in b) == 3  # 30 % of every batch
+    assert all(torch.equal(a, b) for a, b in zip(batches, plan.batches(epoch=2, device="cpu")))  # (seed, epoch)
+    assert not all(torch.equal(a, b) for a, b in zip(batches, plan.batches(epoch=3, device="cpu")))
+
+
+def test_plain_plan_is_one_shuffled_pass():
+    plan = EpochPlan(n=23, batch_size=5, world=2, seed=1)
+    batches = plan.batches(1, "cpu")
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 4] and sorted(torch.cat(batches).tolist())[:23] == sorted(
+        list(range(23)) + [torch.cat(batches)[0].item()])[:23]
+
+
+# ---- end to end
+
+@pytest.fixture(scope="module")
+def m2_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m2") / "run"
+    return vaekit.train(out, model="m2", labels_per_class=5, epochs=2, **TINY)
+
+
+def test_m2_run_folder_records_the_labelled_images(m2_run):
+    doc = json.loads((m2_run / "labelled.json").read_text())
+    assert len(doc["source_index"]) == len(doc["label"]) == 50
+    assert np.bincount(doc["label"], minlength=10).tolist() == [5] * 10
+    from sklearn.datasets import load_digits
+
+    truth = load_digits().target
+    assert [int(truth[i]) for i in doc["source_index"]] == doc["label"]  # positions in the source
+    metrics = [json.loads(line) for line in (m2_run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_neg_elbo", "train_labelled_neg_elbo", "train_classifier_nll", "val_label_error"):
+        assert all(math.isfinite(m[key]) for m in metrics), key
+    for name in ("samples.png", "reconstructions.png", "latent.png", "analogy.png", "curves.png"):
+        assert (m2_run / name).is_file(), name
+
+
+def test_m2_evaluate_and_predict(m2_run, tmp_path, capsys):
+    report = vaekit.evaluate(m2_run, iw_samples=5, device="cpu", samples_per_class=5)
+    assert 0 <= report["label_error"] <= 1 and report["label_error_se"] > 0
+    assert report["nll"] < report["neg_elbo"] + 3 * report["neg_elbo_se"]
+    assert report["neg_elbo"] == report["recon"] + report["kl"]
+    assert len(report["conditional_accuracy_per_class"]) == 10
+    code = main(["predict", str(m2_run), "--out", str(tmp_path / "p.csv")])
+    assert code == 0
+    rows = list(csv.reader(io.StringIO((tmp_path / "p.csv").read_text())))
+    capsys.readouterr()
+    assert rows[0] == ["index", "label"] + [f"p{c}" for c in range(10)] and len(rows) == 1 + report["n_images"]
+    for row in rows[1:]:
+        probs = [float(v) for v in row[2:]]
+        assert abs(sum(probs) - 1) < 1e-4 and int(row[1]) == int(np.argmax(probs))
+    npz = tmp_path / "some.npz"
+    np.savez(npz, x=np.random.default_rng(0).integers(0, 2, (30, 8, 8)).astype(np.uint8) * 255,
+             y=np.arange(30) % 10)
+    code = main(["evaluate", str(m2_run), "--data", str(npz), "--iw-samples", "3", "--json", "--samples-per-class", "5"])
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out)["n_images"] == 30 and "label_error" in json.loads(out)
+
+
+def test_m2_resumes_bit_exactly(tmp_path):
+    options = dict(model="m2", labels_per_class=5, lr_schedule="constant", **TINY)
+    straight = vaekit.train(tmp_path / "a", epochs=2, **options)
+    first = vaekit.train(tmp_path / "b", epochs=1, **options)
+    vaekit.train(first, resume=True, epochs=2, progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(straight / "last.safetensors"), load_file(first / "last.safetensors")
+    keys = [k for k in a if k.startswith(("model.", "optim."))]
+    assert keys and all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_m1_on_a_vae_run(digits_run, tmp_path, capsys):
+    import shutil
+
+    run = Path(shutil.copytree(digits_run, tmp_path / "vae"))
+    code = main(["m1", str(run), "--labels-per-class", "10"])
+    assert code == 0 and "validation error" in capsys.readouterr().out
+    recipe = json.loads((run / "m1.json").read_text())
+    assert recipe["labelled"] == 100 and len(recipe["labelled_source_index"]) == 100
+    report = vaekit.evaluate(run, iw_samples=2, device="cpu")
+    assert 0 <= report["label_error"] < 0.9  # better than chance on 10 classes, after 3 epochs
+    code = main(["predict", str(run)])
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert code == 0 and len(rows) == 1 + report["n_images"] and len(rows[0]) == 12
+
+
+# ---- bad input: one line, status 2, nothing lost
+
+def _npz(path: Path, y) -> Path:
+    y = np.asarray(y)
+    x = np.random.default_rng(0).integers(0, 256, (len(y), 8, 8)).astype(np.uint8)
+    np.savez(path, x=x, y=y)
+    return path
+
+
+@pytest.mark.parametrize("labels, options, message", [
+    ([-1] * 60, ["--model", "m2"], "needs class labels"),
+    (list(range(10)) * 6, ["--model", "m2"], "every training image of .* is labelled"),
+    ([0, 1, 2, -1] * 15, ["--model", "cvae"], "needs every training image labelled"),
+    ([0, 1, -3] * 20, ["--model", "m2"], r"-1 \(unknown\) or 0..K-1, found -3"),
+    (["--short"], ["--model", "m2"], "labels"),
+])
+def test_m2_bad_labels_are_one_line(labels, options, message, tmp_path, capsys):
+    if labels == ["--short"]:
+        x = np.zeros((20, 8, 8), np.uint8)
+        np.savez(tmp_path / "d.npz", x=x, y=np.zeros(19, np.int64))
+        data = tmp_path / "d.npz"
+    else:
+        data = _npz(tmp_path / "d.npz", labels)
+    code = main(["train", "--dataset", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    import re
+
+    assert re.search(message, err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_class_without_a_labelled_training_image_is_refused():
+    import sys
+
+    from vaekit.data import ImageDataset, Split
+
+    loop = sys.modules["vaekit.train"]
+    x = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    train = Split(x, torch.tensor([0, 1, -1, -1, 0, -1]), 255.0)
+    other = Split(x[:2], torch.tensor([2, 2]), 255.0)
+    data = ImageDataset("d", train, other, other, 3, (1, 8, 8))
+    with pytest.raises(VaekitError, match="needs a labelled training image of every class; classes 2 have none"):
+        loop.check_labels(M2, "m2", data)
+    assert loop.check_labels(M2, "m2", ImageDataset("d", Split(x, torch.tensor([0, 1, 2, -1, 0, -1]), 255.0),
+                                                    other, other, 3, (1, 8, 8))).tolist() == [0, 1, 2, 4]
+
+
+def test_evaluating_on_labels_the_model_lacks_is_one_line(m2_run, tmp_path, capsys):
+    data = _npz(tmp_path / "d.npz", np.arange(30) % 12)  # classes 10 and 11 are new to the model
+    code = main(["evaluate", str(m2_run), "--data", str(data), "--iw-samples", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "knows 10 classes" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_m2_trains_under_torchrun(tmp_path):
+    import os
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(f"import vaekit\nvaekit.train({str(tmp_path / 'run')!r}, model='m2', labels_per_class=5, epochs=1, "
+                      "dataset='digits', width=8, hidden=32, latent_dim=4, progress=False)\n")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+                          cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(metrics["train_classifier_nll"]) and math.isfinite(metrics["val_label_error"])
