@@ -148,9 +148,9 @@ class RunLock:
         import fcntl
 
         out = self.out
-        if out.exists() and not out.is_dir():
-            raise VaekitError(f"--out {out} is a file, not a folder")
         try:
+            if out.exists() and not out.is_dir():
+                raise VaekitError(f"--out {out} is a file, not a folder")
             self.created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)

@@ -307,3 +307,20 @@ def _broken_pipe() -> int:
     except (OSError, ValueError):
         pass
     return 128 + signal.SIGPIPE
+
+
+def run() -> typing.NoReturn:
+    """The `vaekit` command (and `python -m vaekit`): main(), then exit with its status.
+
+    After an interrupt it exits at once (os._exit, once the output is flushed): a Ctrl-C that lands
+    inside an extension's import can leave CPython's "unhandled KeyboardInterrupt" flag set, and the
+    interpreter would then kill itself with SIGINT at exit (status -2) after our one-line message."""
+    code = main()
+    if code in (130, 143):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)

@@ -67,7 +67,7 @@ def evaluate(
     codes = []
     bar = tqdm(total=len(x), unit="image", disable=None if progress is None else not progress, leave=False,
                desc=f"IWAE, K = {iw_samples}", file=sys.stderr)
-    start = time.perf_counter()
+    start, done = time.perf_counter(), 0
     with bar, torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)
         for xb, yb in batches(x, y, images_per_batch, shuffle=False):
@@ -75,18 +75,18 @@ def evaluate(
                 values.setdefault(key, []).append(v)
             codes.append(model.encode(xb, yb))
             bar.update(len(xb))
-            _announce_if_long(bar, start, len(x), iw_samples)
+            if done == 0:  # after the first batch: say so when the whole evaluation will take long
+                _announce_if_long(time.perf_counter() - start, len(xb), len(x), iw_samples)
+            done += len(xb)
     return _report(model, x, {k: torch.cat(v) for k, v in values.items()}, torch.cat(codes), iw_samples)
 
 
-def _announce_if_long(bar: tqdm, start: float, total: int, iw_samples: int) -> None:
-    """After the first batch, one stderr line when the whole evaluation will take long (a bar may be off)."""
-    if bar.n == 0 or getattr(bar, "_announced", False):
-        return
-    bar._announced = True  # type: ignore[attr-defined]
-    estimate = (time.perf_counter() - start) * total / bar.n
-    if estimate > LONG_EVALUATION_S and bar.n < total:
-        print(f"vaekit: evaluating {total} images with K = {iw_samples} will take about {estimate / 60:.0f} min "
+def _announce_if_long(seconds: float, done: int, total: int, iw_samples: int) -> None:
+    """One stderr line with the estimated time, when it is long (the progress bar may be off)."""
+    estimate = seconds * total / done
+    if estimate > LONG_EVALUATION_S and done < total:
+        minutes = f"{estimate / 60:.0f} min" if estimate >= 60 else f"{estimate:.0f} s"
+        print(f"vaekit: evaluating {total} images with K = {iw_samples} will take about {minutes} "
               "(fewer with --iw-samples or --limit)", file=sys.stderr, flush=True)
 
 
