@@ -35,8 +35,8 @@ from vaekit.models import VAE  # noqa: E402
 from vaekit.train import train_step  # noqa: E402
 
 
-def no_grad_norm_step(model, optimizer, x, c, beta, free_bits, autocast=None):
-    terms = model(x, c, beta=beta, free_bits=free_bits)
+def no_grad_norm_step(model, optimizer, x, y, knobs, autocast=None):
+    terms = model(x, y, **knobs)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
     optimizer.step()
@@ -66,7 +66,7 @@ class Variant:
             x, _ = data.batch(idx)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self.step(self.forward, self.optimizer, x, None, 1.0, 0.0, self.autocast)
+            self.step(self.forward, self.optimizer, x, None, {"beta": 1.0, "free_bits": 0.0}, self.autocast)
         seconds = time.perf_counter() - start
         torch.set_num_threads(default_threads)
         return len(order) / seconds
