@@ -1,7 +1,8 @@
 """Fault injection against the real `vaekit` command: what is lost, and what the user is told.
 
-    python benchmarks/faults.py                 # every row, 20 kill -9 points (about 15 minutes on 2 cores)
-    python benchmarks/faults.py --kills 5 --only kill,sigterm
+    python benchmarks/faults.py                 # every row, 20 kill -9 points (about 18 minutes on 2 cores)
+    python benchmarks/faults.py --kills 5 --only kill,signal
+    python benchmarks/faults.py --only user-errors   # the careless-user rows alone (a few minutes)
 
 Every fault runs `python -m vaekit ...` in a subprocess, on a tiny conv VAE trained on the built-in
 digits (--width 8 --hidden 32 --latent-dim 4 --batch-size 16, 4 epochs, a checkpoint every 0.12 s),
@@ -21,6 +22,12 @@ The faults:
                                exit 2, exactly one line starting "vaekit: error:", no traceback, and
                                no file written or changed.
   non-finite loss              exit 2, the message names epoch, step and term; the last checkpoint loads.
+  user errors (user-errors)    a second process on a run folder that one trains (the run lock), a kill -9
+                               of the lock's holder, `--resume` without last.safetensors, `--overwrite`
+                               that fails or is killed before its first checkpoint, out-of-range flag and
+                               config.json values, unusable output paths, a closed output pipe, Ctrl-C
+                               during start-up, NaN weights, impossible data (channels, labels), image
+                               formats: one line and exit 2 (or the stated outcome), nothing lost.
 
 "data lost" is the number of optimisation steps done before the fault that the run folder no
 longer holds: the step reached (counted inside the process) minus the `step` of the checkpoint left
@@ -32,6 +39,7 @@ vaekit.cli.main; the same wrapper counts the steps. Every resume runs the unmodi
 from __future__ import annotations
 
 import argparse
+import collections
 import gzip
 import hashlib
 import itertools
@@ -39,6 +47,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import struct
@@ -79,6 +88,9 @@ ERROR_PREFIX = "vaekit: error:"
 #                   kill:before-metrics:E, kill:after-metrics:E
 #                                   SIGKILL just before / just after epoch E's line is appended to
 #                                   metrics.jsonl (the epoch's checkpoint is written next to it)
+#                   kill:step:K     SIGKILL just before training step K (counted in this process)
+#                   pause:K         just before training step K: create the file FAULTS_COUNTER.paused,
+#                                   then sleep (holding the run folder's lock) until killed
 PROBE = r"""
 import builtins, errno, importlib, mmap, os, signal, struct, sys, tempfile
 import vaekit.checkpoint as ckpt, vaekit.cli, vaekit.plots
@@ -93,6 +105,12 @@ if counter:
 real_step = training.train_step
 
 def train_step(*args, **kwargs):
+    if spec[0] == "kill" and spec[1] == "step" and steps[0] + 1 == int(spec[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if spec[0] == "pause" and steps[0] + 1 == int(spec[1]):
+        open(counter + ".paused", "w").close()
+        import time
+        time.sleep(3600)
     if spec[0] == "nan" and steps[0] + 1 == int(spec[1]):
         args = (*args[:2], args[2] * float("nan"), *args[3:])
     result = real_step(*args, **kwargs)
@@ -872,6 +890,355 @@ def download_row(b: Bench) -> Row:
 
 
 # ---------------------------------------------------------------------------------------------
+# a careless user: run lock, --overwrite, resume, checked values, paths, pipes, Ctrl-C, bad data
+
+ARGPARSE_PREFIX = re.compile(r"vaekit( \w+)?: error: ")  # vaekit's own errors, and argparse's (`vaekit train: error:`)
+
+
+def refused(row: Row, done: Done, pattern: str = "", argparse_ok: bool = False) -> None:
+    """Exit 2; exactly one line on stderr, `vaekit: error: ...` matching pattern; no traceback."""
+    row.status, row.stderr, row.lost = str(done.code), done.first_err, "nothing"
+    row.check(done.code == 2, f"exit {done.code}")
+    lines = done.err.strip().splitlines()
+    prefix = ARGPARSE_PREFIX.match(lines[0]) if argparse_ok and lines else None
+    row.check(len(lines) == 1 and "Traceback" not in done.err and (lines[0].startswith(ERROR_PREFIX) or bool(prefix)),
+              f"stderr: {' | '.join(lines[-3:]) or 'empty'}")
+    if pattern:
+        row.check(bool(re.search(pattern, done.err)), f"message does not match /{pattern}/")
+
+
+def run_files(folder: Path) -> dict[str, str]:
+    """snapshot() without the lock file, which holds the pid of the last process that took the lock."""
+    return {k: v for k, v in snapshot(folder).items() if k != ".vaekit.lock"}
+
+
+def user_error_rows(b: Bench) -> list[Row]:
+    w = b.work / "user"
+    w.mkdir()
+    rows: list[Row] = []
+    numbers = itertools.count(1)
+    NOTHING = "exit 2; one line `vaekit: error: ...`; no traceback; nothing written"
+
+    long_name = "n" * 300
+
+    def short(text: str) -> str:
+        return text.replace(str(b.work), "WORK").replace(long_name, "n…n (300 n)")
+
+    def command(argv) -> str:
+        return "vaekit " + " ".join(short(shlex.quote(str(a))) for a in argv)
+
+    def copy_ref(name: str) -> Path:
+        return Path(shutil.copytree(b.ref, w / name))
+
+    # ---- 1. the run lock: a second process on a run folder that one is training
+    run = w / "locked"
+    pause_at = b.total_steps // 2
+    counter = w / "locked.steps"
+    holder = b.start(run, f"pause:{pause_at}", counter)
+    paused = Path(f"{counter}.paused")
+    deadline = time.monotonic() + 300
+    while not paused.exists() and holder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    holder_ok = paused.exists() and holder.poll() is None
+    for fault, extra in (("second `train --out RUN` (another seed) while one trains in RUN", ["--seed", "1"]),
+                         ("second `train --out RUN --overwrite` while one trains in RUN", ["--seed", "1", "--overwrite"]),
+                         ("`train --resume RUN` while one trains in RUN", None)):
+        row = Row(fault, f"exit 2; one line `RUN is in use by another vaekit process (pid N)` naming the holder; "
+                  "RUN unchanged (every file, the lock's too); the holder keeps training")
+        argv = ["train", "--resume", run] if extra is None else [*b.train_args, "--out", run, *extra]
+        row.command = command(argv)
+        if not row.check(holder_ok, "the training holding RUN did not reach its pause"):
+            rows.append(row)
+            continue
+        before = snapshot(run)
+        done = b.run(*argv)
+        refused(row, done, rf"{re.escape(str(run))} is in use by another vaekit process \(pid {holder.pid}\)")
+        row.check(snapshot(run) == before, "RUN changed")
+        row.check(holder.poll() is None, "the holder stopped")
+        rows.append(row)
+    reached = steps_done(counter)
+    holder.kill()
+    holder.communicate(timeout=60)
+    saved = checkpoint_step(run)
+    row = Row("kill -9 of the process holding the lock (paused mid-run), then `train --resume RUN`",
+              "the kernel releases the lock: the resume takes it, exit 0, bit-identical to the uninterrupted run")
+    done = b.resume(run)
+    row.status, row.stderr, row.lost = f"killed (-9); resume exit {done.code}", done.first_err or "—", \
+        f"{reached - saved} steps"
+    row.command = command(["train", "--resume", run])
+    if row.check(done.code == 0, f"resume exit {done.code}: {done.first_err}"):
+        b.same_run(run, row)
+    rows.append(row)
+
+    # ---- 2. --resume of a run without last.safetensors
+    run = copy_ref("no-last")
+    (run / "last.safetensors").unlink()
+    before = snapshot(run)
+    row = Row("`train --resume RUN` of a finished run whose last.safetensors is missing",
+              "exit 2; one line saying it cannot be resumed; nothing changed (every file but the lock file, "
+              "which the refused command held)")
+    argv = ["train", "--resume", run]
+    row.command = command(argv)
+    refused(row, b.run(*argv), r"has model\.safetensors and metrics\.jsonl but no last\.safetensors")
+    # the refusal comes after the lock is taken: the lock file then holds that process's pid
+    row.check(run_files(run) == {k: v for k, v in before.items() if k != ".vaekit.lock"}, "RUN changed")
+    rows.append(row)
+
+    run = copy_ref("never-saved")
+    for p in run.iterdir():
+        if p.name not in ("config.json", ".vaekit.lock"):
+            p.unlink()
+    row = Row("`train --resume RUN` of a run killed before it wrote weights or a metrics line (config.json only)",
+              "starts again from step 0: exit 0, bit-identical to the uninterrupted run")
+    argv = ["train", "--resume", run]
+    row.command = command(argv)
+    done = b.run(*argv)
+    row.status, row.stderr, row.lost = str(done.code), done.first_err or "—", "nothing"
+    if row.check(done.code == 0, f"exit {done.code}: {done.first_err}"):
+        b.same_run(run, row, "restarted run")
+    rows.append(row)
+
+    # ---- 3. --overwrite: the old run is kept until the new one has a checkpoint
+    run = copy_ref("overwrite-inf")
+    before = snapshot(run)
+    row = Row("`train --out RUN --overwrite --lr inf` over a finished run",
+              "refused before anything is touched: exit 2, one line; RUN unchanged (every file, the lock's too)")
+    argv = [*b.train_args, "--out", run, "--overwrite", "--lr", "inf"]
+    row.command = command(argv)
+    refused(row, b.run(*argv), r"lr \(--lr\) must be a finite number")
+    row.check(snapshot(run) == before, "RUN changed")
+    rows.append(row)
+
+    run = copy_ref("overwrite-1e30")
+    before = run_files(run)
+    row = Row("`train --out RUN --overwrite --lr 1e30` over a finished run (non-finite loss at the first steps)",
+              "exit 2; the non-finite error line and one line saying the previous run is back; every file of the "
+              "old run byte-identical, no .replaced left")
+    argv = [*b.train_args, "--out", run, "--overwrite", "--lr", "1e30"]
+    row.command = command(argv)
+    done = b.run(*argv)
+    lines = done.err.strip().splitlines()
+    row.status, row.stderr, row.lost = str(done.code), " / ".join(lines), "nothing"
+    row.check(done.code == 2, f"exit {done.code}")
+    row.check("Traceback" not in done.err and len(lines) == 2
+              and sum(line.startswith(ERROR_PREFIX) and "non-finite" in line for line in lines) == 1
+              and sum("is back in place" in line for line in lines) == 1, f"stderr: {' | '.join(lines[-3:])}")
+    row.check(run_files(run) == before, "the old run is not back byte-identical")
+    row.check(not (run / ".replaced").exists(), ".replaced left")
+    rows.append(row)
+
+    run = copy_ref("overwrite-killed")
+    before = run_files(run)
+    row = Row("`train --out RUN --overwrite` killed (-9) at its first step, before its first checkpoint; then "
+              "`train --resume RUN`",
+              "the resume takes the lock and puts the old run back (one line saying so), then finds it finished: "
+              "exit 0; every file of the old run byte-identical, no .replaced left")
+    argv = [*b.train_args, "--out", str(run), "--overwrite", "--seed", "1"]
+    killed, _ = b.probe(run, "kill:step:1", argv)
+    aside = (run / ".replaced").is_dir()
+    row.check(killed.code == -9, f"the overwrite was not killed (exit {killed.code}: {killed.first_err})")
+    row.check(aside, "after the kill no old run was moved aside (the kill came too late or too early to test this)")
+    done = b.resume(run)
+    row.status, row.stderr, row.lost = f"killed (-9); resume exit {done.code}", done.first_err or "—", "nothing"
+    row.command = f"{command(argv)} (killed at step 1), then {command(['train', '--resume', run])}"
+    lines = done.err.strip().splitlines()
+    row.check(done.code == 0, f"resume exit {done.code}")
+    row.check(len(lines) == 1 and "restored the run" in lines[0] and "Traceback" not in done.err,
+              f"stderr: {' | '.join(lines[-3:]) or 'empty'}")
+    row.check(run_files(run) == before, "the old run is not back byte-identical")
+    row.check(not (run / ".replaced").exists(), ".replaced left")
+    rows.append(row)
+
+    run = copy_ref("overwrite-ok")
+    row = Row("`train --out RUN --overwrite --seed 1` over a finished run, completing",
+              "exit 0; RUN holds the new run (seed 1, metrics epochs 1..E once each, pictures); no .replaced left")
+    argv = [*b.train_args, "--out", run, "--overwrite", "--seed", "1"]
+    row.command = command(argv)
+    done = b.run(*argv)
+    row.status, row.stderr, row.lost = str(done.code), done.first_err or "—", "—"
+    if row.check(done.code == 0, f"exit {done.code}: {done.first_err}"):
+        row.check(json.loads((run / "config.json").read_text())["train"]["seed"] == 1, "config.json is not the new run's")
+        epochs = [m.get("epoch") for m in metrics(run)]
+        row.check(epochs == list(range(1, b.epochs + 1)), f"metrics.jsonl epochs {epochs}")
+        row.check(all((run / p).is_file() for p in PICTURES), "pictures missing")
+        row.check(not (run / ".replaced").exists(), ".replaced left")
+    rows.append(row)
+
+    # ---- 4. one-line refusals: (fault, argv, pattern, folder to watch, paths that must not appear, argparse's?)
+    cases: list[tuple] = []
+
+    def new_run(*flags, dataset: str | Path = "digits"):
+        out = w / f"out-{next(numbers)}"
+        return ["train", "--dataset", dataset, "--epochs", "1", *TINY, *flags, "--out", out], out
+
+    for flags, pattern in ((["--batch-size", "0"], r"batch_size \(--batch-size\) must be >= 1, got 0"),
+                           (["--latent-dim", "0"], r"latent_dim \(--latent-dim\) must be >= 1, got 0"),
+                           (["--lr", "nan"], r"lr \(--lr\) must be a finite number, got nan"),
+                           (["--beta", "-1"], r"beta \(--beta\) must be >= 0, got -1"),
+                           (["--hidden", "0"], r"hidden \(--hidden\) must be >= 1"),
+                           (["--ema", "1"], r"ema \(--ema\) must be < 1"),
+                           (["--epochs", "1.5"], r"--epochs: expected a whole number, got '1\.5'"),
+                           (["--alpha", "1", "--model", "vae"], r"--alpha is a setting of --model m2")):
+        argv, out = new_run(*flags)
+        cases.append((f"flag value: `{' '.join(flags)}`", argv, pattern, None, [out], flags[0] == "--epochs"))
+    ARGPARSE = "exit 2; one line `vaekit train: error: ...` (argparse); no traceback; nothing written"
+
+    def batch_zero(name: str) -> Path:
+        run = copy_ref(name)
+        edit_json(run / "config.json", lambda d: d["train"].update(batch_size=0))
+        return run
+
+    run = batch_zero("cfg-batch0-evaluate")
+    cases.append(("config.json with `batch_size: 0` (`evaluate`)", ["evaluate", run, "--iw-samples", "2", "--limit", "10"],
+                  r"TrainConfig: batch_size \(--batch-size\) must be >= 1, got 0", run, [], False))
+    run = batch_zero("cfg-batch0-resume")
+    cases.append(("config.json with `batch_size: 0` (`train --resume`)", ["train", "--resume", run],
+                  r"TrainConfig: batch_size \(--batch-size\) must be >= 1, got 0", run, [], False))
+
+    blocker = w / "a-file"
+    blocker.write_text("precious")
+    cases.append(("`--out` under a regular file", ["train", "--dataset", "digits", "--epochs", "1", *TINY, "--out",
+                  blocker / "run"], rf"cannot use {re.escape(str(blocker / 'run'))} as a run folder: Not a directory",
+                  w, [], False))
+    long = w / long_name / "run"
+    cases.append(("`--out` with a 300-character folder name", ["train", "--dataset", "digits", "--epochs", "1", *TINY,
+                  "--out", long], r"cannot use .*n{300}/run as a run folder: File name too long", None,
+                  [long.parent], False))
+    cases.append(("`sample --out` into a missing folder", ["sample", b.ref, "--out", w / "nowhere" / "x.png"],
+                  rf"the folder {re.escape(str(w / 'nowhere'))} does not exist", b.ref, [w / "nowhere"], False))
+    cases.append(("`sample --out x.txt` (no image format)", ["sample", b.ref, "--out", w / "x.txt"],
+                  r"cannot tell the image format from '\.txt'", b.ref, [w / "x.txt"], False))
+
+    run = copy_ref("nan-weights")
+    weights, _ = load_tensors(run / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name].clone().fill_(float("nan"))
+    from safetensors.torch import save_file
+
+    save_file(weights, run / "model.safetensors")
+    cases.append((f"NaN in model.safetensors (tensor `{name}`; `evaluate`)",
+                  ["evaluate", run, "--iw-samples", "2", "--limit", "10"],
+                  rf"model\.safetensors holds non-finite values \(NaN or inf\) in {re.escape(name)}", run, [], False))
+
+    def npz(name: str, model: str = "vae", **arrays):
+        path = w / f"{name}.npz"
+        np.savez(path, **arrays)
+        argv, out = new_run("--model", model, dataset=path)
+        return argv, out
+
+    x40 = np.zeros((40, 8, 8), np.uint8)
+    for fault, (argv, out), pattern in (
+        (".npz: 5 channels (40x5x8x8)", npz("five", x=np.zeros((40, 5, 8, 8), np.uint8)), r"C = 1 \(grayscale\) or 3 \(RGB\)"),
+        (".npz: channels-last (40x16x16x4)", npz("chlast", x=np.zeros((40, 16, 16, 4), np.uint8)), r"channels-last"),
+        (".npz: labels {0, 1000} with `--model cvae`", npz("gap", "cvae", x=x40, y=np.array([0, 1000] * 20)),
+         r"999 of the classes 0\.\.1000 have no images"),
+        (".npz: one class of labels with `--model cvae`", npz("oneclass", "cvae", x=x40, y=np.zeros(40, np.int64)),
+         r"labels of only 1 class"),
+        (".npz: label -2", npz("minus2", x=x40, y=np.array([0, 1, -2, 1] * 10)),
+         r"labels must be -1 \(unknown\) or 0\.\.K-1, found -2"),
+        (".npz: 40 images but 39 labels", npz("short", x=x40, y=np.zeros(39, np.int64)), r"x holds 40 images but y 39 labels"),
+    ):
+        cases.append((fault, argv, pattern, None, [out], False))
+    argv, out = new_run("--data-dir", "/nonexistent", dataset="mnist")
+    cases.append(("`--dataset mnist --data-dir /nonexistent`", argv, r"data_dir /nonexistent does not exist", None, [out],
+                  False))
+    cases.append(("`download mnist --base-url ''`", ["download", "mnist", "--base-url", "", "--dest", w / "dl"],
+                  r"base_url '' is not an http\(s\) URL", None, [w / "dl"], False))
+
+    for fault, argv, pattern, watch, new_paths, argparse_ok in cases:
+        before = snapshot(watch) if watch else {}
+        row = Row(fault, ARGPARSE if argparse_ok else NOTHING)
+        row.command = command(argv)
+        refused(row, b.run(*argv), pattern, argparse_ok)
+        row.stderr = short(row.stderr)
+        if watch is not None:
+            row.check(snapshot(watch) == before, f"{watch.name} changed")
+        created = [p.name[:40] for p in new_paths if os.path.lexists(p)]  # (Path.exists raises ENAMETOOLONG)
+        row.check(not created, f"written: {created}")
+        rows.append(row)
+
+    # ---- 5. image formats follow the suffix
+    row = Row("`sample --out x.jpg` / `x.webp` / `x.png`", "exit 0 each; the file is JPEG / WEBP / PNG")
+    from PIL import Image
+
+    codes, found = [], []
+    for suffix, fmt in ((".jpg", "JPEG"), (".webp", "WEBP"), (".png", "PNG")):
+        path = w / f"sample{suffix}"
+        done = b.run("sample", b.ref, "--n", "4", "--out", path)
+        codes.append(done.code)
+        row.check(done.code == 0 and not done.err.strip(), f"{suffix}: exit {done.code}: {done.first_err}")
+        if path.is_file():
+            with Image.open(path) as picture:
+                found.append(picture.format)
+                row.check(picture.format == fmt, f"{path.name} is {picture.format}")
+    row.status, row.stderr, row.lost = "/".join(map(str, codes)), "—", f"— (wrote {'/'.join(found)})"
+    row.command = command(["sample", b.ref, "--n", "4", "--out", w / "sample.jpg"])
+    rows.append(row)
+
+    # ---- 6. a reader that goes away
+    evaluate = [*VAEKIT, "evaluate", str(b.ref), "--iw-samples", "2", "--limit", "10"]
+    row = Row("`vaekit evaluate RUN | head -c 10`", "head gets 10 bytes; vaekit exits quietly (0, or 141 if a write "
+              "met the closed pipe): no traceback, nothing on stderr")
+    first = subprocess.Popen(evaluate, env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-c", "10"], stdin=first.stdout, stdout=subprocess.PIPE)
+    first.stdout.close()
+    out, _ = head.communicate(timeout=300)
+    err = first.stderr.read().decode(errors="replace")
+    first.wait(timeout=300)
+    row.status, row.stderr, row.lost = f"{first.returncode} (head: {head.returncode})", Done(0, "", err).first_err or "—", "—"
+    row.check(len(out) == 10, f"head got {len(out)} bytes")
+    row.check(first.returncode in (0, 141), f"exit {first.returncode}")
+    row.check(not err.strip(), f"stderr: {err.strip()[-300:]}")
+    row.command = command(["evaluate", b.ref, "--iw-samples", "2", "--limit", "10"]) + " | head -c 10"
+    rows.append(row)
+
+    row = Row("`vaekit evaluate RUN` into a pipe whose reader has already exited", "exit 141 (128 + SIGPIPE), as "
+              "`cat` would; no traceback, nothing on stderr")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before vaekit writes a byte
+    first = subprocess.Popen(evaluate, env=b.env, stdout=write_end, stderr=subprocess.PIPE)
+    os.close(write_end)
+    _, err_bytes = first.communicate(timeout=300)
+    err = err_bytes.decode(errors="replace")
+    row.status, row.stderr, row.lost = str(first.returncode), Done(0, "", err).first_err or "—", "—"
+    row.check(first.returncode == 141, f"exit {first.returncode}")
+    row.check(not err.strip(), f"stderr: {err.strip()[-300:]}")
+    row.command = command(["evaluate", b.ref, "--iw-samples", "2", "--limit", "10"]) + " | true"
+    rows.append(row)
+
+    # ---- 7. Ctrl-C while the command starts (imports torch, sklearn; loads the data)
+    delays = [round(0.1 + 0.05 * i, 2) for i in range(23)]  # 0.1, 0.15, ..., 1.2 s
+    row = Row(f"SIGINT during start-up, {len(delays)} times ({delays[0]:g}, {delays[1]:g}, ..., {delays[-1]:g} s "
+              "after launch of `train`: importing torch and scikit-learn, loading the data)",
+              "exit 130 and one line naming SIGINT each time (0 if it had already finished); never a traceback or "
+              "death by signal (-2)")
+    codes, first_line = [], ""
+    for i, delay in enumerate(delays):
+        argv = [*VAEKIT, "train", "--dataset", "digits", "--epochs", "1", *TINY, "--out", str(w / f"ctrlc-{i}")]
+        proc = subprocess.Popen(argv, env=b.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        codes.append(proc.returncode)
+        lines = err.strip().splitlines()
+        if proc.returncode == 130 and len(lines) == 1:
+            first_line = first_line or lines[0]
+        if "Traceback" in err or "KeyboardInterrupt" in err:
+            row.check(False, f"{delay:g} s: exit {proc.returncode} with a {len(lines)}-line traceback ending "
+                      f"`{lines[-1][:120] if lines else ''}`")
+        elif proc.returncode not in (130, 0):
+            said = " | ".join(lines)[:160].replace(str(b.work), "WORK") or "nothing"
+            row.check(False, f"{delay:g} s: exit {proc.returncode} (stderr: {said})")
+        elif proc.returncode == 130:
+            row.check(len(lines) == 1 and "SIGINT" in lines[0], f"{delay:g} s: stderr: {' | '.join(lines[-3:]) or 'empty'}")
+    row.status = ", ".join(f"{code} ×{n}" for code, n in sorted(collections.Counter(codes).items(), key=lambda c: -c[1]))
+    row.stderr, row.lost = first_line, "—"
+    row.command = "vaekit train --dataset digits --epochs 1 " + " ".join(TINY) + " --out WORK/user/ctrlc-N, then SIGINT"
+    rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def cell(text: str) -> str:
@@ -907,16 +1274,21 @@ def kill_table(details, work: Path) -> str:
     return "\n".join(lines)
 
 
+GROUPS = ("kill", "signal", "full", "nonfinite", "targeted", "corrupt", "user-errors")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="kill -9 points (default: 20)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of the runs that get killed (default: 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the runs and of the kill points")
-    parser.add_argument("--only", help="comma-separated groups: kill,signal,full,nonfinite,targeted,corrupt")
+    parser.add_argument("--only", help=f"comma-separated groups: {','.join(GROUPS)} (default: all)")
     parser.add_argument("--no-mount", action="store_true", help="skip the real disk-full row (it mounts a tmpfs)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args(argv)
-    groups = set((args.only or "kill,signal,full,nonfinite,targeted,corrupt").split(","))
+    groups = set((args.only or ",".join(GROUPS)).split(","))
+    if groups - set(GROUPS):
+        parser.error(f"unknown group(s) {sorted(groups - set(GROUPS))}: choose from {','.join(GROUPS)}")
 
     work = Path(tempfile.mkdtemp(prefix="vaekit-faults-"))
     t0 = time.monotonic()
@@ -928,7 +1300,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[Row] = []
         steps = [("kill", lambda: kill_rows(b, args.kills)), ("signal", lambda: signal_rows(b)),
                  ("full", lambda: disk_full_rows(b, not args.no_mount)), ("nonfinite", lambda: non_finite_rows(b)),
-                 ("targeted", lambda: targeted_kill_rows(b)), ("corrupt", lambda: corrupt_rows(b))]
+                 ("targeted", lambda: targeted_kill_rows(b)), ("corrupt", lambda: corrupt_rows(b)),
+                 ("user-errors", lambda: user_error_rows(b))]
         for name, step in steps:
             if name in groups:
                 t = time.monotonic()
@@ -941,7 +1314,7 @@ def main(argv: list[str] | None = None) -> int:
             print(kill_table(b.kill_details, work))
         commands = [r for r in rows if r.command]
         if commands:
-            print("\nCommands of the corrupt-input rows (WORK: the working folder):\n")
+            print("\nCommands of the corrupt-input and user-error rows (WORK: the working folder):\n")
             print("\n".join(f"- {r.fault}: `{r.command}`" for r in commands))
         failed = [r for r in rows if not r.ok]
         print(f"\n{len(rows) - len(failed) - sum(bool(r.skipped) for r in rows)} passed, {len(failed)} failed, "

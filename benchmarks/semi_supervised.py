@@ -6,7 +6,7 @@
 Rows (each "mean ± standard deviation over seeds" of the TEST error, plus training time):
 
   supervised  a classifier with the architecture of M2's q(y|x) (vaekit.nets.make_classifier with the
-              same arch, width, hidden and image shape) trained with Adam on the labelled training
+              same arch, width, hidden and image shape) trained with AdamW on the labelled training
               images alone: the same seeded subset as vaekit keeps (keep_labels_per_class(train, N,
               split_seed)). Inputs as M2 sees them: a fresh Bernoulli sample of the [0, 1] intensities
               each step; validation and test on vaekit's fixed binarizations (split_seed + 2 for the

@@ -314,7 +314,15 @@ def run() -> typing.NoReturn:
 
     After an interrupt it exits at once (os._exit, once the output is flushed): a Ctrl-C that lands
     inside an extension's import can leave CPython's "unhandled KeyboardInterrupt" flag set, and the
-    interpreter would then kill itself with SIGINT at exit (status -2) after our one-line message."""
+    interpreter would then kill itself with SIGINT at exit (status -2) after our one-line message.
+    A Ctrl-C during the imports (see vaekit/__init__.py) was only noted; it ends the command here."""
+    from . import _STARTING
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if _STARTING:
+        print("vaekit: interrupted by SIGINT while starting; nothing was written", file=sys.stderr, flush=True)
+        os._exit(130)
     code = main()
     if code in (130, 143):
         for stream in (sys.stdout, sys.stderr):
