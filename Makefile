@@ -25,11 +25,13 @@ test: venv
 
 # The numerics-sensitive tests again under the other ATen CPU kernels than this CPU's default (AVX-512
 # machines: avx2; others: default): float32 sums round differently there, and the tests must not care.
+# Not the torch.compile tests: inductor generates code for the CPU it finds, not for the forced ATen
+# capability, and that mix gives NaN in torch 2.13 (a set-up no real machine has).
 OTHER_CAPABILITY = $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo avx2 || echo default)
 NUMERICS_TESTS = tests/test_theory.py tests/test_evaluate.py tests/test_fast_paths.py tests/test_model.py \
 	tests/test_tutorial.py tests/test_packaging.py
 test-numerics: venv
-	ATEN_CPU_CAPABILITY=$(OTHER_CAPABILITY) $(PY) -m pytest -q $(NUMERICS_TESTS)
+	ATEN_CPU_CAPABILITY=$(OTHER_CAPABILITY) $(PY) -m pytest -q -m "not inductor" $(NUMERICS_TESTS)
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

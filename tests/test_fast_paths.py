@@ -18,6 +18,7 @@ def _model_and_batch():
 
 
 @pytest.mark.slow
+@pytest.mark.inductor
 def test_compiled_forward_equals_eager_on_the_same_batch_and_seed():
     model, x = _model_and_batch()
     compiled, _ = speedups(model, TrainConfig(compile=True), torch.device("cpu"))
@@ -48,6 +49,7 @@ def test_bf16_autocast_stays_close_to_fp32():
 
 
 @pytest.mark.slow
+@pytest.mark.inductor
 def test_compiled_training_run(tmp_path):
     run = vaekit.train(tmp_path / "r", dataset="digits", epochs=2, width=8, hidden=32, latent_dim=4,
                        compile=True, kl_warmup=1, progress=False)
