@@ -277,7 +277,9 @@ def main() -> None:
                 extra = ""
                 if method == "m2" and "val_error_kept" in v:
                     extra = (f" (val {v['val_error_kept']:.3f} at epoch {v['kept_epoch']}/{v['epochs']}, "
-                             f"min {v['val_error_min']:.3f} at {v['min_epoch']}; alpha {v['alpha']:g})")
+                             f"min {v['val_error_min']:.3f} at {v['min_epoch']}; alpha {v['alpha']:g}"
+                             + (f" = 0.1 / {v['labelled_fraction']:.3f} = {0.1 / v['labelled_fraction']:.3g})"
+                                if not v["alpha"] else ")"))
                 elif method == "supervised":
                     extra = f" (val {v['val_error']:.3f}, step {v['best_step']})"
                 elif method == "m1":

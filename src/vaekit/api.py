@@ -129,7 +129,9 @@ def evaluate(
     result.update(model.metrics(context))
     from .latent_classifier import label_error  # M1: a classifier on the latent means, if the run has one
 
-    m1 = label_error(Path(run), model, targets.x, targets.y)
+    if limit is not None:
+        split = Split(split.x[:limit], None if split.y is None else split.y[:limit], split.max_value)
+    m1 = label_error(Path(run), model, split, mode)
     if m1 is not None:
         result["label_error"], result["label_error_se"] = m1
     return result
