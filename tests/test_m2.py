@@ -93,6 +93,7 @@ def test_labelled_images_use_the_labelled_bound_and_the_classifier_term():
 def test_default_alpha_is_kingmas_per_labelled_image():
     assert tiny_m2().alpha == pytest.approx(0.1 / 0.1)  # 0.1 N / N_l with N_l / N = 0.1
     assert tiny_m2(alpha=3.0).alpha == 3.0
+    assert tiny_m2(alpha=0.0).alpha == 0.0  # 0 turns the classifier term off
 
 
 def test_bounds_sum_classes_out_and_score_the_classifier():
