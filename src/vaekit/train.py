@@ -372,10 +372,12 @@ def fit(
         with lock:
             try:
                 return _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures)
-            except BaseException:  # a new run that failed before its first checkpoint gives the old one back
+            except BaseException as e:  # a new run that failed before its first checkpoint gives the old one back
                 if group.is_main and ckpt.restore_replaced(out):
-                    print(f"vaekit: the new run failed before its first checkpoint; the previous run in {out} "
-                          "is back in place", file=sys.stderr)
+                    back = f"the previous run in {out} is back in place"
+                    if isinstance(e, VaekitError):
+                        raise VaekitError(f"{e}; {back}") from None
+                    print(f"vaekit: the new run stopped before its first checkpoint; {back}", file=sys.stderr)
                 raise
     except RuntimeError as e:  # only a collective that failed (another rank died or timed out) is reworded
         if group.active and distributed.is_collective_failure(e):
