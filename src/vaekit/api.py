@@ -132,7 +132,7 @@ def evaluate(
     if limit is not None:
         split = Split(split.x[:limit], None if split.y is None else split.y[:limit], split.max_value)
     m1 = label_error(Path(run), model, split, mode)
-    if m1 is not None:  # named apart when the model classifies too (an M2 run with M1 fitted on it)
+    if m1 is not None:  # named apart when the model classifies too (M1 fitted on a run of a model that classifies)
         key = "m1_label_error" if "label_error" in result else "label_error"
         result[key], result[f"{key}_se"] = m1
     return result
