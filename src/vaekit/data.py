@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
+from .distributed import padded_order
 from .errors import VaekitError
 
 NAMED_DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist")
@@ -187,8 +188,6 @@ class EpochPlan:
 
     def batches(self, epoch: int, device: torch.device | str) -> list[torch.Tensor]:
         """The global batches of epoch `epoch` (from 1), as index tensors on `device`."""
-        from .distributed import padded_order  # noqa: PLC0415 (distributed imports nothing from here)
-
         order = padded_order(self.pool.to(device)[epoch_order(self.seed, epoch, len(self.pool), device)], self.world)
         per_batch = self.batch_size - self.labelled_per_batch
         parts = list(order.split(per_batch))

@@ -74,30 +74,45 @@ def train_step(
 
 @dataclass
 class TermSums:
-    """A sum and a count per logged key (a term of the labelled images only averages over those)."""
+    """A sum and a count per logged key (a term of the labelled images only averages over those).
+    Counts are Python ints (a tensor's length needs no device sync), so a step adds one number per key."""
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (2,) float64: sum, count
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> 0-d float64 sum
+    counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Add a step's per-example terms; returns their batch sums (K,) in sorted key order."""
         keys = sorted(terms)
         step = torch.stack([terms[k].float().sum() for k in keys]).double()
-        for i, k in enumerate(keys):
-            if k not in self.sums:
-                self.sums[k] = torch.zeros(2, dtype=torch.float64, device=step.device)
-            self.sums[k] += torch.stack([step[i], step.new_tensor(float(terms[k].numel()))])
+        for k, total in zip(keys, step):
+            if k in self.sums:
+                self.sums[k] += total
+            else:
+                self.sums[k] = total.clone()
+            self.counts[k] = self.counts.get(k, 0) + terms[k].numel()
         return step
+
+    def table(self) -> tuple[list[str], torch.Tensor | None]:
+        """(sorted keys, (K, 2) float64 rows of sum and count): what is all-reduced and checkpointed."""
+        keys = sorted(self.sums)
+        if not keys:
+            return keys, None
+        return keys, torch.stack([torch.stack([self.sums[k], self.sums[k].new_tensor(float(self.counts[k]))])
+                                  for k in keys])
+
+    @classmethod
+    def from_table(cls, keys: list[str], rows: torch.Tensor) -> TermSums:
+        return cls({k: row[0].clone() for k, row in zip(keys, rows)}, {k: int(row[1]) for k, row in zip(keys, rows)})
 
     def means(self, group: distributed.Group) -> dict[str, float | None]:
         """Every key's mean over all ranks (None where no example had it)."""
-        keys = sorted(self.sums)
-        if not keys:
+        keys, rows = self.table()
+        if rows is None:
             return {}
-        total = group.sum(torch.stack([self.sums[k] for k in keys]))  # (K, 2)
-        return {k: (float(s / c) if c else None) for k, (s, c) in zip(keys, total.tolist())}
+        return {k: (float(s / c) if c else None) for k, (s, c) in zip(keys, group.sum(rows).tolist())}
 
     def clear(self) -> None:
-        self.sums = {}
+        self.sums, self.counts = {}, {}
 
 
 @torch.no_grad()
@@ -247,11 +262,11 @@ class TrainState:
         if t.group.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(t.group.device)
         states = t.group.gather_objects(rng)
-        keys = sorted(self.sums.sums)
-        partial = t.group.sum(torch.stack([self.sums.sums[k] for k in keys])) if keys else None
+        keys, rows = self.sums.table()
+        partial = t.group.sum(rows) if rows is not None else []
         if t.group.is_main:
             extra = {f"rng.{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
-            extra.update({f"sums.{k}": v for k, v in zip(keys, partial if partial is not None else [])})
+            extra.update({f"sums.{k}": v for k, v in zip(keys, partial)})
             if t.averaged is not t.model:
                 extra.update({f"ema.{k}": v for k, v in t.averaged.state_dict().items()})
             state = {"epoch": self.epoch, "batch": self.batch, "step": self.step, "best_val": self.best_val,
@@ -274,11 +289,14 @@ class TrainState:
         if t.group.device.type == "cuda" and f"rng.{rank}.cuda" in extra:
             torch.cuda.set_rng_state(extra[f"rng.{rank}.cuda"], t.group.device)
         if state.batch and t.group.is_main:  # the partial sums of the epoch (kept once, on rank 0)
-            state.sums.sums = {k[5:]: v.to(t.group.device) for k, v in extra.items() if k.startswith("sums.")}
+            saved_sums = {k[5:]: v for k, v in extra.items() if k.startswith("sums.")}
             if "sums" in extra:  # vaekit 0.1: (neg_elbo, recon, kl) sums over batch * batch_size images
                 count = float(min(state.batch * t.cfg.batch_size, t.plan.examples_per_epoch))
-                state.sums.sums = {k: torch.stack([s, s.new_tensor(count)]).to(t.group.device)
-                                   for k, s in zip(("neg_elbo", "recon", "kl"), extra["sums"].double())}
+                saved_sums = {k: torch.stack([s, s.new_tensor(count)])
+                              for k, s in zip(("neg_elbo", "recon", "kl"), extra["sums"].double())}
+            if saved_sums:
+                keys = sorted(saved_sums)
+                state.sums = TermSums.from_table(keys, torch.stack([saved_sums[k] for k in keys]).to(t.group.device))
         if t.averaged is not t.model:
             t.averaged.load_state_dict({k[4:]: v for k, v in extra.items() if k.startswith("ema.")})
         return state
