@@ -23,6 +23,10 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
     reconstruct(x, y=None)            images in [0, 1]
     encode(x, y=None) -> (B, D)       a point per image (the posterior mean): maps, active units
     decode(z, labels=None)            images in [0, 1] of latent points z: (B, D)
+    traversal(z, steps) -> (A, S, D)  latent points that walk each latent axis of one point z: (D,), the
+                                      others kept at z's values: a Gaussian dimension over S quantiles
+                                      of its prior, a categorical variable over its K categories. Axis
+                                      a is column a of bounds()' "kl_per_dim" (to order the rows by KL)
     metrics(context) -> dict          numbers only this model has (e.g. the judge of conditional samples)
 """
 
@@ -67,6 +71,7 @@ class Model(Protocol):
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
     def decode(self, z: torch.Tensor, labels: Any = None) -> torch.Tensor: ...
+    def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor: ...
     def metrics(self, context: EvalContext) -> dict: ...
 
 
@@ -96,3 +101,15 @@ def check_count(n: Any, what: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise VaekitError(f"{what} must be a whole number of at least 1, got {n!r}")
     return n
+
+
+def gaussian_traversal(z: torch.Tensor, steps: int = 9) -> torch.Tensor:
+    """Walk each dimension of z: (D,) over `steps` quantiles of N(0, 1) (from 2.5 % to 97.5 %), the
+    other dimensions kept: (D, steps, D)."""
+    steps = check_count(steps, "steps")
+    levels = torch.linspace(0.025, 0.975, steps, dtype=torch.float64)
+    values = torch.distributions.Normal(0.0, 1.0).icdf(levels).to(z)  # (S,)
+    walk = z.expand(len(z), steps, len(z)).clone()  # (D, S, D)
+    axis = torch.arange(len(z), device=z.device)
+    walk[axis, :, axis] = values
+    return walk

@@ -38,7 +38,7 @@ from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_li
 from ..errors import VaekitError
 from ..nets import make_classifier, make_networks
 from ..objectives import gaussian_latent_bounds
-from .base import EvalContext, check_count, class_labels
+from .base import EvalContext, check_count, class_labels, gaussian_traversal
 
 
 @dataclass(frozen=True)
@@ -204,3 +204,8 @@ class M2(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
         return likelihood_mean(self.likelihood(z, class_labels(labels, len(z), self.num_classes, z.device)))
+
+    @torch.no_grad()
+    def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
+        """Each dimension of z: (D,) over its prior's quantiles: (D, steps, D)."""
+        return gaussian_traversal(z, steps)

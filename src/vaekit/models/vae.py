@@ -27,7 +27,7 @@ from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_li
 from ..errors import VaekitError
 from ..nets import make_networks
 from ..objectives import elbo, gaussian_latent_bounds
-from .base import EvalContext, check_count, class_labels
+from .base import EvalContext, check_count, class_labels, gaussian_traversal
 
 
 class VAE(nn.Module):
@@ -111,6 +111,11 @@ class VAE(nn.Module):
         """E[x | z[, c]] for latent points z: (B, D) -> (B, C, H, W) in [0, 1]."""
         c = class_labels(labels, len(z), self.num_classes, z.device)
         return likelihood_mean(self.likelihood(z, c))
+
+    @torch.no_grad()
+    def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
+        """Each dimension of z: (D,) over its prior's quantiles: (D, steps, D)."""
+        return gaussian_traversal(z, steps)
 
 
 @dataclass(frozen=True)
