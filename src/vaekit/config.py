@@ -115,7 +115,7 @@ class DataConfig(Checked):
 class ModelConfig(Checked):
     """What every model shares: p(x|z...) on conv or MLP bodies and an amortised q(z|x...)."""
 
-    model: str = _opt("vae", "which model (models/: vae, cvae, m2)")
+    model: str = _opt("vae", "which model (models/: vae, cvae, m2, categorical)")
     arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE)", ("conv", "mlp"))
     latent_dim: int = _opt(16, "dimension of z", low=1, high=4096)
     width: int = _opt(16, "channels of the first conv layer (doubled at each downsampling)", low=1, high=1024)

@@ -105,24 +105,30 @@ def stage_in_channels(stage: nn.Module) -> int:
 def make_networks(cfg: ModelConfig, k: int = 0) -> tuple[Encoder, Decoder]:
     """Encoder and decoder for cfg.image_shape, cfg.arch, cfg.latent_dim, both conditioned on a one-hot
     class of k classes (k = 0: unconditional)."""
-    c, h, w = cfg.image_shape
-    if min(h, w) < 4 or c < 1:
-        raise VaekitError(f"images of shape {cfg.image_shape} are too small: need at least 1x4x4")
-    if cfg.arch == "conv":
-        enc_body, dec_stages, feature_shape = conv_bodies(cfg.image_shape, cfg.width)
-    elif cfg.arch == "mlp":
-        enc_body, dec_stages, feature_shape = nn.Flatten(), [], cfg.image_shape
-    else:
-        raise VaekitError(f"unknown architecture '{cfg.arch}': use conv or mlp")
+    enc_body, dec_stages, feature_shape = _bodies(cfg)
     encoder = Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, cfg.latent_dim)
     decoder = Decoder(dec_stages, feature_shape, k, cfg.hidden, cfg.latent_dim, conv=cfg.arch == "conv")
     return encoder, decoder
 
 
+def make_decoder(cfg: ModelConfig, latent_dim: int, k: int = 0) -> Decoder:
+    """The decoder alone, from latent vectors of `latent_dim` (and a one-hot class of k classes)."""
+    _, dec_stages, feature_shape = _bodies(cfg)
+    return Decoder(dec_stages, feature_shape, k, cfg.hidden, latent_dim, conv=cfg.arch == "conv")
+
+
+def _bodies(cfg: ModelConfig) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:
+    c, h, w = cfg.image_shape
+    if min(h, w) < 4 or c < 1:
+        raise VaekitError(f"images of shape {cfg.image_shape} are too small: need at least 1x4x4")
+    if cfg.arch == "conv":
+        return conv_bodies(cfg.image_shape, cfg.width)
+    if cfg.arch == "mlp":
+        return nn.Flatten(), [], cfg.image_shape
+    raise VaekitError(f"unknown architecture '{cfg.arch}': use conv or mlp")
+
+
 def make_classifier(cfg: ModelConfig, k: int) -> nn.Module:
     """x: (B, C, H, W) -> logits (B, k): the encoder's body (conv or MLP), a hidden layer, k outputs."""
-    if cfg.arch == "conv":
-        body, _, feature_shape = conv_bodies(cfg.image_shape, cfg.width)
-    else:
-        body, feature_shape = nn.Flatten(), cfg.image_shape
+    body, _, feature_shape = _bodies(cfg)
     return nn.Sequential(body, nn.Linear(math.prod(feature_shape), cfg.hidden), Act(), nn.Linear(cfg.hidden, k))

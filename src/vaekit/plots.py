@@ -94,6 +94,21 @@ def analogy_grid(model, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> Image.I
     return image_grid(rows.flatten(0, 1), nrow=rows.shape[1])
 
 
+def traversal_grid(model, x: torch.Tensor, y: torch.Tensor | None, steps: int = 9, max_rows: int = 16) -> Image.Image:
+    """A test image's code walked along each latent axis (model.traversal), one row per axis, the axes
+    with the most KL over the images x first (at most max_rows). A model that draws classes decodes
+    every row as that image's class (the first image with a known label)."""
+    kl = model.bounds(x[:256], None if y is None else y[:256], num_samples=1, chunk=1).get("kl_per_dim")
+    known = [] if y is None else (y >= 0).nonzero()[:, 0].tolist()
+    i = known[0] if known else 0
+    z = model.encode(x[i : i + 1], None if y is None else y[i : i + 1])[0]
+    walk = model.traversal(z, steps)  # (A, S, D)
+    order = kl.mean(0).argsort(descending=True) if kl is not None else torch.arange(len(walk))
+    walk = walk[order[:max_rows].to(walk.device)]
+    label = (int(y[i]) if known else 0) if model.num_classes else None
+    return image_grid(model.decode(walk.flatten(0, 1), label), nrow=walk.shape[1])
+
+
 def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """Posterior means of the images, in 2-D (the first two principal components if D > 2)."""
     with torch.no_grad():
@@ -148,7 +163,8 @@ def curves_figure(path: Path, metrics: list[dict]) -> None:
 
 def picture_names(model) -> tuple[str, ...]:
     """The files run_pictures writes for this model."""
-    return ("samples.png", "reconstructions.png", "latent.png") + (("analogy.png",) if model.num_classes else ()) + ("curves.png",)
+    return (("samples.png", "reconstructions.png", "latent.png", "traversal.png")
+            + (("analogy.png",) if model.num_classes else ()) + ("curves.png",))
 
 
 def run_pictures(out: Path, model, test, seed: int) -> None:
@@ -159,6 +175,7 @@ def run_pictures(out: Path, model, test, seed: int) -> None:
         save_png(out / "samples.png", sample_grid(model))
         save_png(out / "reconstructions.png", reconstruction_grid(model, test.x, test.y))
         latent_figure(out / "latent.png", model, test.x[:2000], None if test.y is None else test.y[:2000])
+        save_png(out / "traversal.png", traversal_grid(model, test.x, test.y))
         if model.num_classes:
             save_png(out / "analogy.png", analogy_grid(model, test.x, test.y))
     metrics = ckpt.read_metrics(out)

@@ -456,8 +456,10 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
         for g in t.optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, state.step, t.total_steps)
         beta = kl_weight(cfg, state.step, t.plan.steps)
-        knobs = {"beta": torch.tensor(beta, device=device) if cfg.compile else beta,  # no recompile per value
-                 "free_bits": cfg.free_bits, **t.model.knobs(state.step)}
+        knobs = {"beta": beta, **t.model.knobs(state.step)}
+        if cfg.compile:  # tensors: no recompile per value
+            knobs = {k: torch.tensor(v, device=device) for k, v in knobs.items()}
+        knobs["free_bits"] = cfg.free_bits
         x, y = t.train_data.batch(batches[state.batch][group.rank :: group.world])
         terms = train_step(forward, t.optimizer, x, y, knobs, autocast)
         if t.averaged is not t.model:  # decay warms up so that short runs average little
@@ -465,6 +467,8 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
             with torch.no_grad():
                 for p_avg, p in zip(t.averaged.parameters(), t.model.parameters()):
                     p_avg.lerp_(p, 1 - decay)
+                for b_avg, b in zip(t.averaged.buffers(), t.model.buffers()):  # running statistics: the latest
+                    b_avg.copy_(b)
         grad_norm = terms.pop("grad_norm")
         keys = sorted(terms)
         history.append(torch.cat([state.sums.add(terms), grad_norm.double()[None]]))
