@@ -15,7 +15,10 @@ import math
 from typing import Protocol
 
 import torch
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution, Independent, kl_divergence
+
+from .errors import VaekitError
+from .priors import has_closed_form_kl
 
 
 class LatentVariableModel(Protocol):
@@ -42,14 +45,26 @@ def elbo(
     posterior = model.posterior(x, c)
     z = posterior.rsample()  # reparameterized: z = loc + scale * eps, eps ~ N(0, I)
     recon = -model.likelihood(z, c).log_prob(x)
-    kl_per_dim = kl_divergence(posterior.base_dist, model.prior(c).base_dist)  # (B, D)
-    kl = kl_per_dim.sum(-1)
+    kl, kl_per_dim = latent_kl(posterior, model.prior(c), z)
     if free_bits > 0:
+        if kl_per_dim is None:
+            raise VaekitError("--free-bits needs a KL per latent dimension: a prior with a closed-form KL (--prior normal)")
         kl_term = kl_per_dim.mean(0).clamp(min=free_bits).sum()
     else:
         kl_term = kl.mean()
     loss = recon.mean() + beta * kl_term
     return {"loss": loss, "neg_elbo": recon + kl, "recon": recon, "kl": kl}
+
+
+def latent_kl(posterior: Independent, prior: Distribution, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """KL(q(z|x) || p(z)) per image (B,), and per latent dimension (B, D) where that exists.
+
+    A diagonal-Gaussian prior: the closed form, per dimension. Any other (a mixture): the one-sample
+    estimate log q(z|x) - log p(z) at the sample z, unbiased, with no per-dimension split (None)."""
+    if has_closed_form_kl(prior):
+        kl_per_dim = kl_divergence(posterior.base_dist, prior.base_dist)  # (B, D)
+        return kl_per_dim.sum(-1), kl_per_dim
+    return posterior.log_prob(z) - prior.log_prob(z), None
 
 
 def importance_samples(
@@ -91,15 +106,21 @@ def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
 def gaussian_latent_bounds(
     model: LatentVariableModel, x: torch.Tensor, c: torch.Tensor | None = None, *, num_samples: int, chunk: int
 ) -> dict[str, torch.Tensor]:
-    """Evaluation terms per image of a model whose KL has a closed form:
+    """Evaluation terms per image of a model with a diagonal-Gaussian posterior:
 
         recon      = -(1/K) sum_k log p(x|z_k)         (B,)   the reconstruction part of -ELBO
-        kl         = KL(q(z|x) || p(z))                 (B,)   closed form, so -ELBO = recon + kl
-        kl_per_dim = the KL of each latent dimension    (B, D)
+        kl         = KL(q(z|x) || p(z))                 (B,)   closed form (a Gaussian prior), else
+                                                               (1/K) sum_k log q(z_k|x) - log p(z_k);
+                                                               -ELBO = recon + kl
+        kl_per_dim = the KL of each latent dimension    (B, D) (a Gaussian prior only)
         nll        = -IWAE_K(x)                         (B,)
     """
-    posterior = model.posterior(x, c)
+    posterior, prior = model.posterior(x, c), model.prior(c)
     s = importance_samples(model, x, c, num_samples=num_samples, chunk=chunk)
-    kl_per_dim = kl_divergence(posterior.base_dist, model.prior(c).base_dist)  # (B, D)
-    return {"recon": -s["log_likelihood"].mean(0), "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim,
-            "nll": -iwae_bound(s["log_weights"])}
+    terms = {"recon": -s["log_likelihood"].mean(0), "nll": -iwae_bound(s["log_weights"])}
+    if has_closed_form_kl(prior):
+        kl_per_dim = kl_divergence(posterior.base_dist, prior.base_dist)  # (B, D)
+        return {**terms, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim}
+    # No closed form: the mean over the K samples of log q(z_k|x) - log p(z_k), so -ELBO = recon + kl
+    # is -(1/K) sum_k log w_k, an unbiased estimate.
+    return {**terms, "kl": (s["log_likelihood"] - s["log_weights"]).mean(0)}

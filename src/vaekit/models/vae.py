@@ -1,7 +1,8 @@
 """The VAE and the conditional VAE (Kingma & Welling 2014; Sohn et al. 2015).
 
     inference:   q(z | x[, c]) = N(loc(x, c), diag(scale(x, c)^2))
-    prior:       p(z) = N(0, I);  CVAE: p(z | c) = N(m_c, diag(s_c^2)), learned per class
+    prior:       p(z) = N(0, I), a learned Gaussian mixture or the VampPrior (--prior, priors.py);
+                 CVAE: p(z | c) = N(m_c, diag(s_c^2)), learned per class
     generative:  p(x | z[, c]) = Bernoulli(sigmoid(logits(z, c)))  or  N(mean(z, c), sigma^2 I)
     objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z[|c]))   (objectives.elbo)
 
@@ -10,7 +11,8 @@ learned Gaussian per class (CVAEConfig.class_prior; it starts as N(0, I)): the e
 some class information in z (digits of one style, coats of one shape), so the region of latent
 space that codes class c is not all of N(0, I), and a z ~ N(0, I) decoded as "trouser" can come out
 as a shirt. Sampling z ~ p(z|c) draws from where class c's codes live. KL(q(z|x,c) || p(z|c)) stays
-closed form. A beta-VAE is the same model trained with beta != 1 (a knob of the objective).
+closed form (so does the VAE's with --prior normal; the mixtures use a one-sample estimate, see
+objectives.latent_kl). A beta-VAE is the same model trained with beta != 1 (a knob of the objective).
 """
 
 from __future__ import annotations
@@ -20,27 +22,36 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Independent
+from torch.distributions import Distribution, Independent
 
 from ..config import ModelConfig, _opt
 from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
 from ..errors import VaekitError
 from ..nets import make_networks
+from ..priors import PRIORS, make_prior
 from ..objectives import elbo, gaussian_latent_bounds
 from .base import EvalContext, check_count, class_labels, gaussian_traversal
 
 
+@dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    model: str = "vae"
+    prior: str = _opt("normal", "p(z): normal N(0, I), mixture (a learned Gaussian mixture) or vamp (the VampPrior: "
+                      "a mixture of the posteriors of learned pseudo-inputs)", tuple(PRIORS))
+    prior_components: int = _opt(100, "components of a mixture or vamp prior", low=1, high=100000)
+
+
 class VAE(nn.Module):
-    Config = ModelConfig
+    Config = VAEConfig
     labels = "none"  # trained on images alone; labels, if the data has them, are ignored
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = make_networks(cfg, self.num_classes)
-        # Non-persistent buffers: they follow .to(device) but are not saved in checkpoints.
-        self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim), persistent=False)
-        self.register_buffer("prior_scale", torch.ones(cfg.latent_dim), persistent=False)
+        # p(z) (priors.py); a config without a `prior` field (the CVAE's) has N(0, I)
+        self.latent_prior = make_prior(getattr(cfg, "prior", "normal"), cfg.latent_dim,
+                                       getattr(cfg, "prior_components", 0), cfg.image_shape)
 
     @property
     def num_classes(self) -> int:
@@ -57,9 +68,9 @@ class VAE(nn.Module):
         return diagonal_gaussian(loc, scale)
 
     # ---- generative: p(z[|c]) and p(x | z[, c])
-    def prior(self, c: torch.Tensor | None = None) -> Independent:
-        """N(0, I), event shape (D,)."""
-        return diagonal_gaussian(self.prior_loc, self.prior_scale)
+    def prior(self, c: torch.Tensor | None = None) -> Distribution:
+        """p(z), event shape (D,): N(0, I), or the --prior mixture."""
+        return self.latent_prior(self.posterior)
 
     def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
         out = self.decoder(z, self.condition(c))  # (B, C, H, W)
@@ -90,7 +101,7 @@ class VAE(nn.Module):
     def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
         """n images E[x|z,c], z ~ p(z[|c]): (n, C, H, W) in [0, 1]. A CVAE needs `labels` (one int or n ints)."""
         n = check_count(n)
-        c = class_labels(labels, n, self.num_classes, self.prior_loc.device)
+        c = class_labels(labels, n, self.num_classes, self.encoder.out.weight.device)
         prior = self.prior(c)
         z = prior.sample(() if prior.batch_shape else (n,))  # (n, D)
         return likelihood_mean(self.likelihood(z, c))
@@ -145,7 +156,7 @@ class CVAE(VAE):
     def condition(self, c: torch.Tensor | None) -> torch.Tensor:
         if c is None:
             raise VaekitError("a conditional VAE needs class labels c")
-        return F.one_hot(c, self.cfg.num_classes).to(self.prior_loc.dtype)
+        return F.one_hot(c, self.cfg.num_classes).to(self.encoder.out.weight.dtype)
 
     def prior(self, c: torch.Tensor | None = None) -> Independent:
         """p(z|c) for labels c: (B,) (batch shape (B,)); N(0, I) without a class prior."""

@@ -1,0 +1,113 @@
+"""Priors of the Gaussian VAE (--prior normal | mixture | vamp): densities against brute force, the
+one-sample KL against the closed form, sampling from the prior, and runs that train and evaluate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+import vaekit
+from vaekit import VaekitError
+from vaekit.cli import main
+from vaekit.models.vae import VAE, VAEConfig
+from vaekit.objectives import elbo, latent_kl
+from vaekit.priors import GaussianMixture, StandardNormal
+
+TINY = dict(dataset="digits", width=8, hidden=32, latent_dim=4, progress=False)
+
+
+def tiny(prior: str, components: int = 3) -> VAE:
+    torch.manual_seed(0)
+    return VAE(VAEConfig(image_shape=(1, 8, 8), latent_dim=2, width=4, hidden=16, prior=prior,
+                         prior_components=components)).double()
+
+
+def test_mixture_density_is_the_weighted_sum_of_its_components():
+    prior = GaussianMixture(2, 3).double()
+    with torch.no_grad():
+        prior.logits.copy_(torch.tensor([0.3, -1.0, 2.0]))
+        prior.log_scale.normal_()
+    z = torch.randn(5, 2, dtype=torch.float64)
+    weights = torch.softmax(prior.logits, 0)
+    brute = sum(weights[k] * Normal(prior.loc[k], prior.log_scale[k].exp()).log_prob(z).sum(-1).exp() for k in range(3))
+    assert torch.allclose(prior().log_prob(z), brute.log(), rtol=1e-12)
+
+
+def test_vamp_prior_is_the_mean_posterior_of_its_pseudo_inputs():
+    model = tiny("vamp", components=4)
+    z = torch.randn(6, 2, dtype=torch.float64)
+    u = model.latent_prior.pseudo_inputs()
+    assert u.shape == (4, 1, 8, 8) and bool(((u > 0) & (u < 1)).all())
+    per_input = torch.stack([model.posterior(u[k : k + 1]).log_prob(z) for k in range(4)])  # (K, B)
+    assert torch.allclose(model.prior().log_prob(z), torch.logsumexp(per_input, 0) - math.log(4), rtol=1e-12)
+    # the pseudo-inputs are learned: the prior's density has a gradient with respect to them
+    model.prior().log_prob(z).sum().backward()
+    assert model.latent_prior.pseudo_logits.grad.abs().sum() > 0
+
+
+def test_one_sample_kl_is_unbiased_and_closed_form_stays_where_it_exists():
+    model = tiny("mixture", components=1)
+    with torch.no_grad():  # one component at N(0, I): the mixture is the standard normal
+        model.latent_prior.loc.zero_()
+    x = torch.bernoulli(torch.full((3, 1, 8, 8), 0.3, dtype=torch.float64))
+    posterior = model.posterior(x)
+    closed, per_dim = latent_kl(posterior, StandardNormal(2).double()(), posterior.rsample())
+    assert per_dim is not None and torch.allclose(closed, per_dim.sum(-1))
+    z = posterior.rsample((200_000,))  # (S, B, D)
+    estimate, none = latent_kl(posterior, model.prior(), z)
+    assert none is None
+    assert torch.allclose(estimate.mean(0), closed, atol=0.01)
+
+
+def test_sampling_draws_from_the_mixture_prior():
+    model = tiny("mixture", components=2)
+    with torch.no_grad():
+        model.latent_prior.loc.copy_(torch.tensor([[-10.0, 0.0], [10.0, 0.0]]))
+        model.latent_prior.logits.copy_(torch.tensor([0.0, math.log(3)]))  # weights 1/4, 3/4
+    seen = []
+    model.decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    model.sample(8000)
+    z = seen[0]
+    share = float((z[:, 0] > 0).double().mean())
+    assert abs(share - 0.75) < 0.02  # 4 standard errors
+    assert abs(float(z[z[:, 0] > 0, 0].mean()) - 10) < 0.05
+
+
+@pytest.mark.parametrize("prior", ["mixture", "vamp"])
+def test_evaluation_with_a_mixture_prior_is_a_real_bound(prior):
+    model = tiny(prior).eval()
+    x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.3, dtype=torch.float64))
+    terms = model.bounds(x, None, num_samples=500, chunk=100)
+    assert "kl_per_dim" not in terms  # no closed form: a Monte Carlo KL, with no split per dimension
+    # log-mean-exp >= mean of the same log-weights: IWAE_K >= the ELBO estimate, sample by sample
+    assert (terms["nll"] <= terms["recon"] + terms["kl"] + 1e-9).all()
+
+
+def test_free_bits_needs_a_closed_form_kl():
+    model = tiny("vamp")
+    with pytest.raises(VaekitError, match="--free-bits needs a KL per latent dimension"):
+        elbo(model, torch.zeros(2, 1, 8, 8, dtype=torch.float64), free_bits=0.5)
+
+
+def test_the_default_prior_adds_nothing_to_the_checkpoint():
+    assert set(tiny("normal").state_dict()) == {k for k in tiny("normal").state_dict() if k.startswith(("encoder.", "decoder."))}
+
+
+@pytest.mark.parametrize("prior", ["mixture", "vamp"])
+def test_a_run_with_each_prior_trains_and_evaluates(prior, tmp_path, capsys):
+    import json
+
+    run = vaekit.train(tmp_path / prior, prior=prior, prior_components=5, epochs=2, **TINY)
+    assert main(["evaluate", str(run), "--iw-samples", "20", "--limit", "30", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["neg_elbo"] == result["recon"] + result["kl"] and "kl_per_dim" not in result
+    assert (run / "traversal.png").stat().st_size > 0
+
+
+def test_prior_belongs_to_the_vae(tmp_path, capsys):
+    code = main(["train", "--model", "m2", "--prior", "vamp", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--prior is a setting of --model vae" in err and len(err.strip().splitlines()) == 1
