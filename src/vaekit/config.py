@@ -115,11 +115,15 @@ class DataConfig(Checked):
 class ModelConfig(Checked):
     """What every model shares: p(x|z...) on conv or MLP bodies and an amortised q(z|x...)."""
 
-    model: str = _opt("vae", "which model (models/: vae, cvae, m2, categorical)")
+    model: str = _opt("vae", "which model (models/: vae, cvae, m2, categorical, hvae)")
     arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE)", ("conv", "mlp"))
     latent_dim: int = _opt(16, "dimension of z", low=1, high=4096)
     width: int = _opt(16, "channels of the first conv layer (doubled at each downsampling)", low=1, high=1024)
     hidden: int = _opt(128, "units of the fully connected hidden layer", low=1, high=65536)
+    hidden_layers: int = _opt(1, "fully connected hidden layers of the encoder and of the decoder (--arch mlp --hidden "
+                              "300 --hidden-layers 2: the VampPrior paper's MLP)", low=1, high=64)
+    gated: bool = _opt(False, "gated hidden layers, h = (W x) * sigmoid(V x) (Dauphin et al. 2017; the VampPrior "
+                       "paper's), instead of SiLU(W x)")
     likelihood: str = _opt(
         "bernoulli", "bernoulli (BCE, binary pixels) or gaussian (MSE, fixed sigma)", ("bernoulli", "gaussian")
     )
@@ -144,6 +148,8 @@ class TrainConfig(Checked):
     beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO", low=0)
     free_bits: float = _opt(0.0, "floor, in nats, on each latent dimension's batch-mean KL", low=0)
     kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta", low=0)
+    patience: int = _opt(0, "stop early when the validation -ELBO has not improved for this many epochs (0: never)",
+                         low=0)
     ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off", low=0,
                       high=1, high_open=True)
     seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling", low=0, high=2**63 - 1)

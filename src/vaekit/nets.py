@@ -52,20 +52,49 @@ def conv_bodies(image_shape: tuple[int, int, int], width: int) -> tuple[nn.Modul
     return nn.Sequential(*enc, nn.Flatten()), dec, feature_shape
 
 
+class GatedLinear(nn.Module):
+    """h = (W x + b) * sigmoid(V x + c): a gated dense layer (Dauphin et al. 2017)."""
+
+    def __init__(self, inputs: int, outputs: int):
+        super().__init__()
+        self.linear = nn.Linear(inputs, 2 * outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.linear(x).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+
+def hidden_layers(inputs: int, hidden: int, layers: int, gated: bool) -> tuple[nn.Module, nn.ModuleList]:
+    """The fully connected hidden layers: the first (`fc`, the name vaekit 0.1's checkpoints use) and
+    `layers - 1` more of `hidden` units; each plain (SiLU applied by `dense`) or gated."""
+    layer = GatedLinear if gated else nn.Linear
+    return layer(inputs, hidden), nn.ModuleList(layer(hidden, hidden) for _ in range(layers - 1))
+
+
+def dense(h: torch.Tensor, fc: nn.Module, deeper: nn.ModuleList) -> torch.Tensor:
+    for layer in (fc, *deeper):
+        h = layer(h) if isinstance(layer, GatedLinear) else F.silu(layer(h))
+    return h
+
+
 class Encoder(nn.Module):
     """x: (B, C, H, W), onehot: (B, K) or None -> loc, scale: (B, D)."""
 
-    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, hidden: int, latent_dim: int):
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, hidden: int, latent_dim: int,
+                 layers: int = 1, gated: bool = False):
         super().__init__()
         self.body = body
-        self.fc = nn.Linear(feature_dim + num_classes, hidden)
+        self.fc, self.deeper = hidden_layers(feature_dim + num_classes, hidden, layers, gated)
         self.out = nn.Linear(hidden, 2 * latent_dim)
 
     def forward(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)
+        return self.head(self.body(x), onehot)
+
+    def head(self, h: torch.Tensor, onehot: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the body's features h: (..., F) and the extra input (..., K) to loc, scale: (..., D)."""
         if onehot is not None:
             h = torch.cat([h, onehot], dim=-1)
-        loc, raw_scale = self.out(F.silu(self.fc(h))).chunk(2, dim=-1)
+        loc, raw_scale = self.out(dense(h, self.fc, self.deeper)).chunk(2, dim=-1)
         return loc, F.softplus(raw_scale) + 1e-5
 
 
@@ -76,10 +105,10 @@ class Decoder(nn.Module):
     gets a per-class bias (the conv decoder's stages; an MLP has none: its features are the image)."""
 
     def __init__(self, stages: list[nn.Module], feature_shape: tuple[int, ...], num_classes: int, hidden: int,
-                 latent_dim: int, conv: bool):
+                 latent_dim: int, conv: bool, layers: int = 1, gated: bool = False):
         super().__init__()
         feature_dim = math.prod(feature_shape)
-        self.fc = nn.Linear(latent_dim + num_classes, hidden)
+        self.fc, self.deeper = hidden_layers(latent_dim + num_classes, hidden, layers, gated)
         self.to_features = nn.Sequential(nn.Linear(hidden, feature_dim), *([Act()] if conv else []))
         self.unflatten = nn.Unflatten(1, feature_shape)
         self.stages = nn.ModuleList(stages)
@@ -89,7 +118,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
         if onehot is not None:
             z = torch.cat([z, onehot], dim=-1)
-        h = self.unflatten(self.to_features(F.silu(self.fc(z))))
+        h = self.unflatten(self.to_features(dense(z, self.fc, self.deeper)))
         for i, stage in enumerate(self.stages):
             if onehot is not None and self.class_bias:
                 h = h + self.class_bias[i](onehot)[:, :, None, None]
@@ -106,15 +135,22 @@ def make_networks(cfg: ModelConfig, k: int = 0) -> tuple[Encoder, Decoder]:
     """Encoder and decoder for cfg.image_shape, cfg.arch, cfg.latent_dim, both conditioned on a one-hot
     class of k classes (k = 0: unconditional)."""
     enc_body, dec_stages, feature_shape = _bodies(cfg)
-    encoder = Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, cfg.latent_dim)
-    decoder = Decoder(dec_stages, feature_shape, k, cfg.hidden, cfg.latent_dim, conv=cfg.arch == "conv")
+    encoder = Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, cfg.latent_dim, cfg.hidden_layers, cfg.gated)
+    decoder = Decoder(dec_stages, feature_shape, k, cfg.hidden, cfg.latent_dim, cfg.arch == "conv", cfg.hidden_layers,
+                      cfg.gated)
     return encoder, decoder
 
 
+def make_encoder(cfg: ModelConfig, latent_dim: int, k: int = 0) -> Encoder:
+    """The encoder alone, to latent vectors of `latent_dim`, with an extra input of k numbers."""
+    enc_body, _, feature_shape = _bodies(cfg)
+    return Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, latent_dim, cfg.hidden_layers, cfg.gated)
+
+
 def make_decoder(cfg: ModelConfig, latent_dim: int, k: int = 0) -> Decoder:
-    """The decoder alone, from latent vectors of `latent_dim` (and a one-hot class of k classes)."""
+    """The decoder alone, from latent vectors of `latent_dim` and an extra input of k numbers (a one-hot class)."""
     _, dec_stages, feature_shape = _bodies(cfg)
-    return Decoder(dec_stages, feature_shape, k, cfg.hidden, latent_dim, conv=cfg.arch == "conv")
+    return Decoder(dec_stages, feature_shape, k, cfg.hidden, latent_dim, cfg.arch == "conv", cfg.hidden_layers, cfg.gated)
 
 
 def _bodies(cfg: ModelConfig) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:

@@ -255,6 +255,11 @@ class TrainState:
     best_val: float = math.inf
     best: dict[str, torch.Tensor] = field(default_factory=dict)
     sums: TermSums = field(default_factory=TermSums)
+    best_epoch: int = 0
+
+    def stalled(self, patience: int) -> bool:
+        """Whether early stopping is due: `patience` epochs (> 0) without a better validation -ELBO."""
+        return patience > 0 and self.epoch - self.best_epoch >= patience
 
     def save(self, t: Training) -> None:
         """Every rank's generator state and the partial epoch sums; then rank 0 writes, atomically."""
@@ -270,7 +275,7 @@ class TrainState:
             if t.averaged is not t.model:
                 extra.update({f"ema.{k}": v for k, v in t.averaged.state_dict().items()})
             state = {"epoch": self.epoch, "batch": self.batch, "step": self.step, "best_val": self.best_val,
-                     "world": t.group.world}
+                     "best_epoch": self.best_epoch, "world": t.group.world}
             ckpt.save_resume_point(t.out, t.model, self.best, t.optimizer, extra, state)
 
     @classmethod
@@ -279,7 +284,8 @@ class TrainState:
         best, extra, saved = ckpt.load_resume_point(t.out, t.model, t.optimizer)
         rank = t.group.rank
         try:
-            state = cls(saved["epoch"], saved["batch"], saved["step"], saved["best_val"], best)
+            state = cls(saved["epoch"], saved["batch"], saved["step"], saved["best_val"], best,
+                        best_epoch=saved.get("best_epoch", saved["epoch"]))  # vaekit <= 0.2: not recorded
             extra[f"rng.{rank}.cpu"]
         except KeyError as e:
             raise VaekitError(f"{t.out / ckpt.LAST} lacks {e} in its training state: it cannot be resumed") from None
@@ -414,8 +420,8 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
             tmp.unlink(missing_ok=True)
         if group.is_main:
             ckpt.write_metrics(out, [r for r in ckpt.read_metrics(out) if r["epoch"] <= state.epoch])
-        if state.epoch >= t.cfg.epochs:
-            if group.is_main:
+        if state.epoch >= t.cfg.epochs or state.stalled(t.cfg.patience):
+            if group.is_main and not state.stalled(t.cfg.patience):
                 print(f"{out} has finished all {t.cfg.epochs} epochs; pass a larger --epochs to train longer")
             finish(t, state, pictures, repair=True)
             return out
@@ -436,7 +442,7 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
     show = group.is_main and (progress is None or progress)
     bar = tqdm(total=t.total_steps, initial=state.step, disable=None if show else True, unit="step", dynamic_ncols=True)
     with bar, StopOnSignal() as stop, torch.autograd.set_detect_anomaly(t.cfg.detect_anomaly):
-        while state.epoch < t.cfg.epochs:
+        while state.epoch < t.cfg.epochs and not state.stalled(t.cfg.patience):
             signum, seconds = run_epoch(t, state, forward, autocast, stop, bar)
             end_epoch(t, state, seconds, bar)
             if signum:  # the signal came in the epoch's last step: stop now that the epoch is saved
@@ -504,7 +510,7 @@ def end_epoch(t: Training, state: TrainState, timing: dict, bar: tqdm) -> None:
     state.sums.clear()
     val_terms = validate(t.averaged, t.val_data, t.group, seed=t.data_cfg.split_seed)
     if val_terms["neg_elbo"] is not None and val_terms["neg_elbo"] < state.best_val:
-        state.best_val = val_terms["neg_elbo"]
+        state.best_val, state.best_epoch = val_terms["neg_elbo"], state.epoch
         state.best = {k: v.detach().clone() for k, v in t.averaged.state_dict().items()}
     if t.group.is_main:  # the line first: a resume drops lines past the checkpoint and redoes them
         knobs = timing["knobs"]
@@ -524,6 +530,9 @@ def finish(t: Training, state: TrainState, pictures: bool, repair: bool = False)
     """Load the best weights; draw the pictures (on resume of a finished run: only those missing)."""
     t.model.load_state_dict(state.best)
     t.model.eval()
+    if state.stalled(t.cfg.patience) and t.group.is_main:
+        print(f"vaekit: stopped early after epoch {state.epoch} of {t.cfg.epochs}: the validation -ELBO has not "
+              f"improved since epoch {state.best_epoch} (--patience {t.cfg.patience})", file=sys.stderr)
     if not (pictures and t.group.is_main):
         return
     from . import plots  # matplotlib is imported only when pictures are drawn

@@ -9,10 +9,11 @@ from ..config import ModelConfig, from_dict
 from ..errors import VaekitError
 from .base import EvalContext, Model
 from .categorical import CategoricalVAE
+from .hvae import HVAE
 from .m2 import M2
 from .vae import CVAE, VAE
 
-MODELS: dict[str, type] = {"vae": VAE, "cvae": CVAE, "m2": M2, "categorical": CategoricalVAE}
+MODELS: dict[str, type] = {"vae": VAE, "cvae": CVAE, "m2": M2, "categorical": CategoricalVAE, "hvae": HVAE}
 
 
 def model_class(name: object) -> type:
@@ -36,4 +37,4 @@ def config_from_dict(d: dict) -> ModelConfig:
     return from_dict(cls, d, ignore=legacy)
 
 
-__all__ = ["MODELS", "VAE", "CVAE", "M2", "CategoricalVAE", "EvalContext", "Model", "build", "config_from_dict", "model_class"]
+__all__ = ["MODELS", "VAE", "CVAE", "M2", "CategoricalVAE", "HVAE", "EvalContext", "Model", "build", "config_from_dict", "model_class"]
