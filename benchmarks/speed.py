@@ -154,6 +154,8 @@ def pythae_python(venv: Path) -> tuple[Path | None, str]:
 
 
 def pythae_run(args, model_cfg: ModelConfig, workdir: Path) -> float | str:
+    if args.no_pythae:
+        return "skipped (--no-pythae)"
     python, note = pythae_python(Path(args.pythae_venv))
     if python is None:
         return note
@@ -206,6 +208,7 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=200, help="test images of the evaluation row")
     parser.add_argument("--pythae-venv", default=str(ROOT / "benchmarks" / ".pythae-venv"),
                         help="virtual environment for pythae, created on first use")
+    parser.add_argument("--no-pythae", action="store_true", help="leave the pythae row out (e.g. offline)")
     args = parser.parse_args()
 
     data = load_dataset(DataConfig(dataset=args.dataset))

@@ -1,0 +1,155 @@
+"""The prepared GPU check: one command, at most about 8 minutes on an H100/H200, one results file.
+
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --out gpu_check.json          # on the GPU machine
+    python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check.json              # the CPU smoke mode (tests)
+
+Stages, each in its own process with its own time limit, so one failure or hang leaves the others'
+numbers; the results file is rewritten (atomically) after every stage:
+
+  speed      benchmarks/speed.py --device cuda --no-pythae: training images/s of the hand-written
+             loops, vaekit, and vaekit --compile --precision bf16
+  iwae       a default conv VAE trained for --epochs on the dataset, then vaekit.evaluate with
+             K = 5000 importance samples over all 10,000 test images: seconds, image-samples/s, nll
+  fast       --compile --precision bf16 training of the same model: images/s and a finite loss
+  tests      pytest -m cuda (tests/test_cuda.py: training, resume, evaluation and the compile/bf16
+             paths on the GPU against the CPU)
+
+--smoke runs every stage on the CPU at toy size (digits, K = 20, 50 images, no compile) to check the
+script itself; the numbers of a smoke run mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_CODE = r"""
+import json, math, sys, time
+sys.path.insert(0, {src!r})
+import torch, vaekit
+from vaekit.evaluate import evaluate
+from vaekit.data import fixed_targets, load_dataset, binarization
+from vaekit.checkpoint import read_config
+opts = json.loads({opts!r})
+device = torch.device(opts["device"])
+out = opts["run"] + ("-fast" if opts["stage"] == "fast" else "")
+extra = dict(compile=True, precision="bf16") if opts["stage"] == "fast" else {{}}
+start = time.perf_counter()
+vaekit.train(out, dataset=opts["dataset"], epochs=opts["epochs"], device=opts["device"], overwrite=True,
+             progress=False, **extra)
+train_s = time.perf_counter() - start
+rows = [json.loads(l) for l in open(out + "/metrics.jsonl")]
+result = {{"train_seconds": train_s, "images_per_second": rows[-1]["images_per_second"],
+          "val_neg_elbo": rows[-1]["val_neg_elbo"], "finite": all(math.isfinite(r["train_neg_elbo"]) for r in rows)}}
+if opts["stage"] == "iwae":
+    model = vaekit.load(out, device=opts["device"])
+    data_cfg, model_cfg, _ = read_config(__import__("pathlib").Path(out))
+    data = load_dataset(data_cfg)
+    x = fixed_targets(data.test, binarization(data_cfg.binarize, model_cfg.likelihood, data), 3, device).x[: opts["images"]]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    r = evaluate(model, x, iw_samples=opts["k"])
+    seconds = time.perf_counter() - start
+    result.update(iwae_seconds=seconds, images=len(x), k=opts["k"], nll=r["nll"], nll_se=r["nll_se"],
+                  neg_elbo=r["neg_elbo"], image_samples_per_second=len(x) * opts["k"] / seconds)
+print(json.dumps(result))
+"""
+
+
+def write(path: Path, results: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, path)
+
+
+def run_stage(name: str, argv: list[str], timeout: float, env: dict) -> dict:
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stdout or b"")[-2000:]
+        return {"status": "timeout", "seconds": timeout, "output_tail": tail.decode() if isinstance(tail, bytes) else tail}
+    result: dict = {"status": "ok" if done.returncode == 0 else f"failed ({done.returncode})",
+                    "seconds": round(time.perf_counter() - start, 1)}
+    lines = done.stdout.strip().splitlines()
+    if name in ("iwae", "fast") and done.returncode == 0:
+        result.update(json.loads(lines[-1]))
+    else:
+        result["output_tail"] = "\n".join(lines[-40:])
+    if done.returncode != 0:
+        result["stderr_tail"] = done.stderr[-2000:]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu_check.json", help="the results file (JSON)")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks the script, not the GPU")
+    parser.add_argument("--dataset", default="fashion-mnist", help="falls back to digits where it is not installed")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the model the IWAE stage evaluates")
+    parser.add_argument("--stages", nargs="+", default=["speed", "iwae", "fast", "tests"])
+    args = parser.parse_args()
+
+    import torch
+
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device here (use --smoke to check the script on the CPU)")
+    dataset = "digits" if args.smoke else args.dataset
+    if dataset == "fashion-mnist":
+        sys.path.insert(0, str(ROOT / "src"))
+        from vaekit.data import load_dataset
+        from vaekit.config import DataConfig
+
+        try:
+            load_dataset(DataConfig(dataset=dataset))
+        except Exception as e:  # noqa: BLE001 - any reason it cannot load: say it and use digits
+            print(f"gpu_check: {dataset} not available ({e}); using digits", file=sys.stderr)
+            dataset = "digits"
+    out = Path(args.out).resolve()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    results: dict = {
+        "mode": "smoke (CPU, toy sizes)" if args.smoke else "gpu",
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "python": platform.python_version(), "dataset": dataset,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "stages": {},
+    }
+    write(out, results)
+    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    k, images = (20, 50) if args.smoke else (5000, 10000)
+    limits = {"speed": 150, "iwae": 200, "fast": 90, "tests": 120} if not args.smoke else dict.fromkeys(args.stages, 300)
+    for stage in args.stages:
+        if stage == "speed":
+            argv = [sys.executable, "benchmarks/speed.py", "--dataset", dataset, "--device", device, "--repeats", "1",
+                    "--epochs", "1", "--iw-samples", str(k), "--eval-images", str(min(images, 200)), "--no-pythae"]
+        elif stage in ("iwae", "fast"):
+            if stage == "fast" and args.smoke:
+                results["stages"][stage] = {"status": "skipped in smoke mode (inductor on this CPU is tested elsewhere)"}
+                continue
+            opts = {"stage": stage, "device": device, "dataset": dataset, "epochs": 1 if args.smoke else args.epochs,
+                    "run": str(work / "run"), "k": k, "images": images}
+            argv = [sys.executable, "-c", STAGE_CODE.format(src=str(ROOT / "src"), opts=json.dumps(opts))]
+        elif stage == "tests":
+            argv = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"]
+        else:
+            sys.exit(f"gpu_check: unknown stage {stage!r}")
+        print(f"gpu_check: {stage} ...", file=sys.stderr, flush=True)
+        results["stages"][stage] = run_stage(stage, argv, limits[stage], env)
+        print(f"gpu_check: {stage}: {results['stages'][stage]['status']}", file=sys.stderr, flush=True)
+        write(out, results)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write(out, results)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
