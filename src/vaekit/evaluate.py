@@ -36,8 +36,13 @@ def _mean_se(values: torch.Tensor) -> tuple[float | None, float | None]:
 
 
 def default_max_batch(image_shape: tuple[int, ...]) -> int:
-    """(image, sample) pairs per decoder pass: 2**21 / pixels, between 256 and 8192 (2,674 at 28x28)."""
-    return min(8192, max(256, 2**21 // math.prod(image_shape)))
+    """(image, sample) pairs per decoder pass: 2**18 / pixels, between 256 and 4096 (334 at 28x28).
+
+    Small enough that the decoder's largest activation (a few MB) stays below glibc's mmap threshold:
+    larger passes (2**21 / pixels before) got fresh pages from the kernel for every chunk and gave
+    them back after it, and the page faults took half of the CPU time (system time 50 % on Fashion-
+    MNIST, 38 % on digits, one thread; BENCHMARKS.md, "Evaluation speed")."""
+    return min(4096, max(256, 2**18 // math.prod(image_shape)))
 
 
 @torch.no_grad()
