@@ -34,11 +34,14 @@ def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     known = {f.name: cls for cls in classes for f in dataclasses.fields(cls) if "help" in f.metadata or f.name == "model"}
     unknown = sorted(set(options) - set(known))
     if unknown:
-        owners = {f.name: name for name, cls in models.MODELS.items() for f in dataclasses.fields(cls.Config)
-                  if "help" in f.metadata}
+        owners: dict[str, list[str]] = {}
+        for name, cls in models.MODELS.items():
+            for f in dataclasses.fields(cls.Config):
+                if "help" in f.metadata:
+                    owners.setdefault(f.name, []).append(name)
         if any(k in owners for k in unknown):
-            raise VaekitError(", ".join(f"{flag(k)} is a setting of --model {owners[k]}" for k in unknown if k in owners)
-                              + f", not of --model {options.get('model', 'vae')}")
+            raise VaekitError(", ".join(f"{flag(k)} is a setting of --model {' or '.join(owners[k])}" for k in unknown
+                                        if k in owners) + f", not of --model {options.get('model', 'vae')}")
         raise VaekitError(f"unknown option(s) {unknown}")
     return tuple(cls(**{k: v for k, v in options.items() if known[k] is cls}) for cls in classes)  # type: ignore[return-value]
 

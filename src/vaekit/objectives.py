@@ -67,6 +67,26 @@ def latent_kl(posterior: Independent, prior: Distribution, z: torch.Tensor) -> t
     return posterior.log_prob(z) - prior.log_prob(z), None
 
 
+def iwae_objective(model: LatentVariableModel, x: torch.Tensor, c: torch.Tensor | None = None, *,
+                   num_samples: int) -> dict[str, torch.Tensor]:
+    """The IWAE training objective (Burda et al. 2016): -IWAE_K of a batch with K reparameterized
+    samples per image, whose gradient weighs each sample by its normalised importance weight.
+
+    Returns per-image `neg_iwae` (-IWAE_K), the one-sample-per-draw averages `recon` and `kl` (so
+    `neg_elbo` = recon + kl is the ELBO estimated from the same K samples), and `loss` = mean(neg_iwae).
+    """
+    posterior, prior = model.posterior(x, c), model.prior(c)
+    z = posterior.rsample((num_samples,))  # (K, B, D)
+    xs = x.expand(num_samples, *x.shape).reshape(-1, *x.shape[1:])
+    cs = None if c is None else c.expand(num_samples, *c.shape).reshape(-1)
+    log_lik = model.likelihood(z.reshape(-1, z.shape[-1]), cs).log_prob(xs).view(num_samples, -1)  # (K, B)
+    log_w = log_lik + prior.log_prob(z) - posterior.log_prob(z)
+    neg_iwae = -iwae_bound(log_w)
+    recon = -log_lik.mean(0)
+    kl = (log_lik - log_w).mean(0)
+    return {"loss": neg_iwae.mean(), "neg_iwae": neg_iwae, "neg_elbo": recon + kl, "recon": recon, "kl": kl}
+
+
 def importance_samples(
     model: LatentVariableModel,
     x: torch.Tensor,

@@ -16,11 +16,13 @@ it; the others ignore it), so the encoder is not registered twice.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily
 
+from .config import _opt
 from .distributions import diagonal_gaussian
 
 Posterior = Callable[[torch.Tensor], Independent]
@@ -73,6 +75,17 @@ class VampPrior(nn.Module):
 
 
 PRIORS: dict[str, type[nn.Module]] = {"normal": StandardNormal, "mixture": GaussianMixture, "vamp": VampPrior}
+
+
+def prior_option() -> Any:
+    """The `prior` field of a model config that lets the user choose p(z) (--prior)."""
+    return _opt("normal", "p(z): normal N(0, I), mixture (a learned Gaussian mixture) or vamp (the VampPrior: a "
+                "mixture of the posteriors of learned pseudo-inputs)", tuple(PRIORS))
+
+
+def components_option() -> Any:
+    """The `prior_components` field (--prior-components)."""
+    return _opt(100, "components of a mixture or vamp prior", low=1, high=100000)
 
 
 def make_prior(name: str, latent_dim: int, components: int, image_shape: tuple[int, ...]) -> nn.Module:

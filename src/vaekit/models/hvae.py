@@ -24,19 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent, kl_divergence
 
-from ..config import _opt
+from ..config import ModelConfig, _opt
 from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
 from ..errors import VaekitError
 from ..nets import make_encoder, make_networks
 from ..objectives import iwae_bound, latent_kl
-from ..priors import make_prior
+from ..priors import components_option, make_prior, prior_option
 from .base import EvalContext, check_count, class_labels, gaussian_traversal
-from .vae import VAEConfig
 
 
 @dataclass(frozen=True)
-class HVAEConfig(VAEConfig):
+class HVAEConfig(ModelConfig):
     model: str = "hvae"
+    prior: str = prior_option()  # over z2
+    prior_components: int = components_option()
     top_latent_dim: int = _opt(0, "dimension of the top layer z2 (0: the same as --latent-dim, the dimension of z1)",
                                low=0, high=4096)
 

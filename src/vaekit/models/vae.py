@@ -28,17 +28,18 @@ from ..config import ModelConfig, _opt
 from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
 from ..errors import VaekitError
 from ..nets import make_networks
-from ..priors import PRIORS, make_prior
-from ..objectives import elbo, gaussian_latent_bounds
+from ..objectives import elbo, gaussian_latent_bounds, iwae_objective
+from ..priors import components_option, make_prior, prior_option
 from .base import EvalContext, check_count, class_labels, gaussian_traversal
 
 
 @dataclass(frozen=True)
 class VAEConfig(ModelConfig):
     model: str = "vae"
-    prior: str = _opt("normal", "p(z): normal N(0, I), mixture (a learned Gaussian mixture) or vamp (the VampPrior: "
-                      "a mixture of the posteriors of learned pseudo-inputs)", tuple(PRIORS))
-    prior_components: int = _opt(100, "components of a mixture or vamp prior", low=1, high=100000)
+    prior: str = prior_option()
+    prior_components: int = components_option()
+    train_samples: int = _opt(1, "importance samples of the training objective: 1 = the ELBO, K > 1 = the IWAE "
+                              "bound -IWAE_K (Burda et al. 2016; K times the decoder's work per step)", low=1, high=4096)
 
 
 class VAE(nn.Module):
@@ -82,8 +83,16 @@ class VAE(nn.Module):
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, beta: float | torch.Tensor = 1.0, free_bits: float = 0.0
     ) -> dict[str, torch.Tensor]:
-        """Per-image ELBO terms (neg_elbo, recon, kl) and the training loss of a batch; see objectives.elbo."""
-        return elbo(self, x, y if self.num_classes else None, beta=beta, free_bits=free_bits)
+        """Per-image ELBO terms (neg_elbo, recon, kl) and the training loss of a batch (objectives.elbo); with
+        --train-samples K > 1, the IWAE bound in training (objectives.iwae_objective; validation stays the ELBO)."""
+        c = y if self.num_classes else None
+        k = getattr(self.cfg, "train_samples", 1)
+        if k > 1 and self.training:
+            if free_bits or (not isinstance(beta, torch.Tensor) and beta != 1):
+                raise VaekitError("--train-samples > 1 trains the IWAE bound, which has no KL weight: leave --beta, "
+                                  "--kl-warmup and --free-bits at their defaults")
+            return iwae_objective(self, x, c, num_samples=k)
+        return elbo(self, x, c, beta=beta, free_bits=free_bits)
 
     def knobs(self, step: int) -> dict[str, float]:
         return {}
