@@ -1,0 +1,102 @@
+"""IWAE evaluation speed against training speed, per image-sample, with the system time, in one run.
+
+    OMP_NUM_THREADS=1 python benchmarks/eval_speed.py                       # Fashion-MNIST: conv and MLP
+    python benchmarks/eval_speed.py --dataset digits --models conv --max-batch 8192 4096
+
+For each model (vaekit's default conv VAE, the MLP 784-400-20) on the same process and data:
+
+  train   optimisation steps of vaekit.train.train_step (batch --batch-size, Adam, dynamic
+          binarization): images/s
+  eval    vaekit.evaluate.evaluate with K = --iw-samples on the first --images test images, at each
+          --max-batch (0: vaekit's default): image-samples/s (images x K / seconds)
+
+The ratio eval / train is the bar's number (an evaluated image-sample costs one decoder pass, a
+trained image a forward and a backward pass of both networks: the ratio should be >= 3). System time
+and minor page faults come from getrusage around each measurement. Runs alternate and repeat
+(--repeats); the table shows medians. Weights are freshly initialised: speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from vaekit.config import DataConfig, ModelConfig  # noqa: E402
+from vaekit.data import fixed_targets, load_dataset  # noqa: E402
+from vaekit.evaluate import default_max_batch, evaluate  # noqa: E402
+from vaekit.models import VAE  # noqa: E402
+from vaekit.train import train_step  # noqa: E402
+
+MODELS = {"conv": {}, "mlp": dict(arch="mlp", hidden=400, latent_dim=20)}
+
+
+def measured(work) -> tuple[float, float, float, int]:
+    """(wall s, user s, system s, minor page faults) of work()."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    work()
+    r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+    return wall, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=200, help="training steps per measurement")
+    parser.add_argument("--iw-samples", type=int, default=1000)
+    parser.add_argument("--images", type=int, default=30, help="test images per evaluation")
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[0], help="0: vaekit's default")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    data = load_dataset(DataConfig(dataset=args.dataset))
+    train_x = data.train.to_float()
+    test_x = fixed_targets(data.test, "dynamic", 3, "cpu").x[: args.images]
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    print(f"{args.dataset}; CPU: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
+          f"K = {args.iw_samples}, {args.images} test images; median of {args.repeats}\n")
+    print("| model | decoder pass (pairs) | train images/s | eval image-samples/s | eval / train | "
+          "eval system time | eval page faults |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in args.models:
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(image_shape=data.image_shape, **MODELS[name]))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+        generator = torch.Generator().manual_seed(0)
+
+        def train() -> None:
+            model.train()
+            for _ in range(args.steps):
+                index = torch.randint(len(train_x), (args.batch_size,), generator=generator)
+                train_step(model, optimizer, torch.bernoulli(train_x[index], generator=generator), None, {})
+
+        passes = [m or default_max_batch(data.image_shape) for m in args.max_batch]
+        train_speed, results = [], {p: [] for p in passes}
+        for _ in range(args.repeats):
+            wall, *_ = measured(train)
+            train_speed.append(args.steps * args.batch_size / wall)
+            for p in passes:
+                wall, user, system, faults = measured(lambda: evaluate(model, test_x, iw_samples=args.iw_samples, max_batch=p))
+                results[p].append((args.images * args.iw_samples / wall, system / (user + system), faults))
+        train_median = statistics.median(train_speed)
+        for p in passes:
+            speed = statistics.median(r[0] for r in results[p])
+            system = statistics.median(r[1] for r in results[p])
+            faults = statistics.median(r[2] for r in results[p])
+            default = " (default)" if p == default_max_batch(data.image_shape) else ""
+            print(f"| {name} | {p}{default} | {train_median:,.0f} | {speed:,.0f} | {speed / train_median:.1f}x | "
+                  f"{100 * system:.0f} % | {faults:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
