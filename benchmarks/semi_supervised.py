@@ -18,8 +18,10 @@ Rows (each "mean ± standard deviation over seeds" of the TEST error, plus train
               RECIPES below on digits, seed 0, 10 and 100 labels per class, by VALIDATION error (the
               test errors of all five were within noise of each other; see the note at RECIPES).
   M1          a plain VAE (vaekit.train with the same arch), trained once per seed and reused for every
-              label count, then fit_m1(run, labels_per_class=N) (a logistic regression on the code of
-              each labelled image averaged over 20 binarizations). Time: the VAE's training plus that fit.
+              label count and classifier, then fit_m1(run, labels_per_class=N, classifier=...) on the
+              code of each image averaged over 20 binarizations: "m1" label spreading over a kNN graph
+              of the codes of all training images (vaekit m1's default, transductive), "m1-logistic" a
+              logistic regression on the labelled codes alone. Time: the VAE's training plus that fit.
   M2          vaekit.train(model="m2", labels_per_class=N); its q(y|x).
 
 Test error: the label_error of vaekit.evaluate.evaluate(model, test images, iw_samples=1) for M2 (q(y|x)
@@ -88,7 +90,8 @@ RECIPES = {
     "wd-strong": {"lr": 1e-3, "weight_decay": 1e-1, "dropout": 0.0, "steps": 3000},
 }
 EVAL_EVERY = 25
-METHODS = ("supervised", "m1", "m2")
+METHODS = ("supervised", "m1", "m1-logistic", "m2")
+M1_CLASSIFIERS = {"m1": "spreading", "m1-logistic": "logistic"}
 
 
 def cpu_model() -> str:
@@ -195,6 +198,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="M2 and VAE epochs (default: vaekit's automatic)")
     parser.add_argument("--alpha", type=float, default=None, help="M2's alpha (default: M2's own)")
+    parser.add_argument("--labelled-share", type=float, default=None,
+                        help="M2's share of each batch drawn from the labelled images (default: vaekit's)")
     parser.add_argument("--arch", default="conv", choices=("conv", "mlp"))
     parser.add_argument("--hidden", type=int, default=None, help="units of the hidden layer (default: vaekit's)")
     parser.add_argument("--latent-dim", type=int, default=None, help="dimension of z (default: vaekit's)")
@@ -227,7 +232,7 @@ def main() -> None:
     common = {"dataset": train_name, "arch": args.arch, **sizes}
     if args.epochs is not None:
         common["epochs"] = args.epochs
-    m2_extra = {} if args.alpha is None else {"alpha": args.alpha}
+    m2_extra = {k: v for k, v in (("alpha", args.alpha), ("labelled_share", args.labelled_share)) if v is not None}
 
     test_mode = binarization("auto", "bernoulli", source)
 
@@ -258,17 +263,19 @@ def main() -> None:
                 results.setdefault(("supervised", n), {})[seed] = {"error": error, **info}
                 log.append(f"supervised N={n} seed={seed}: {json.dumps({'error': error, **info})}")
                 print(log[-1], file=sys.stderr, flush=True)
-        if "m1" in args.methods:
+        m1_methods = [m for m in M1_CLASSIFIERS if m in args.methods]
+        if m1_methods:
             run, vae_cpu, vae_wall = train(work / f"vae-s{seed}", seed=seed, **common)
-            for n in args.labels:
+        for n in args.labels if m1_methods else ():
+            for method in m1_methods:
                 with Timer() as t_m1:
-                    record = fit_m1(run, labels_per_class=n)
+                    record = fit_m1(run, labels_per_class=n, classifier=M1_CLASSIFIERS[method])
                 error = evaluate(run)
                 info = {"error": error, "error_avg": error, "cpu": vae_cpu + t_m1.cpu, "wall": vae_wall + t_m1.wall,
                         "vae_cpu": vae_cpu, "m1_fit_cpu": t_m1.cpu, "val_error": record["val_error"],
                         "labelled": record["labelled"]}
-                results.setdefault(("m1", n), {})[seed] = info
-                log.append(f"M1 N={n} seed={seed}: {json.dumps(info)}")
+                results.setdefault((method, n), {})[seed] = info
+                log.append(f"{method} N={n} seed={seed}: {json.dumps(info)}")
                 print(log[-1], file=sys.stderr, flush=True)
         if "m2" in args.methods:
             for n in args.labels:
@@ -284,8 +291,10 @@ def main() -> None:
                 log.append(f"M2 N={n} seed={seed}: {json.dumps(info)}")
                 print(log[-1], file=sys.stderr, flush=True)
 
-    names = {"supervised": f"supervised only (q(y|x) net, recipe {args.recipe})", "m1": "M1 (VAE + logistic regression)",
-             "m2": "M2" + (f" (alpha {args.alpha:g})" if args.alpha is not None else " (default alpha)")}
+    m2_options = ", ".join(f"{k} {v:g}" for k, v in m2_extra.items()) or "defaults"
+    names = {"supervised": f"supervised only (q(y|x) net, recipe {args.recipe})",
+             "m1": "M1 (VAE + label spreading, kNN 10, alpha 0.2)", "m1-logistic": "M1 (VAE + logistic regression)",
+             "m2": f"M2 ({m2_options})"}
     epochs = "vaekit's automatic epochs" if args.epochs is None else f"{args.epochs} epochs"
     limit = f", first {args.train_limit} training images" if args.train_limit else ""
     print(f"\nCPU: {cpu_model()} ({os.cpu_count()} logical cores visible, OMP_NUM_THREADS="
@@ -326,7 +335,7 @@ def main() -> None:
                                 f"0.1 / {v['labelled_fraction']:.3f} = {0.1 / v['labelled_fraction']:.3g})"))
                 elif method == "supervised":
                     extra = f" (val {v['val_error']:.3f}, step {v['best_step']})"
-                elif method == "m1":
+                elif method in M1_CLASSIFIERS:
                     extra = f" (val {v['val_error']:.3f})"
                 parts.append(f"seed {seed}: {v['error']:.4f}{extra}")
             print(f"- {names[method]}, {n} labels/class: " + "; ".join(parts))

@@ -220,6 +220,47 @@ def test_m1_on_a_vae_run(digits_run, tmp_path, capsys):
     assert code == 0 and len(rows) == 1 + report["n_images"] and len(rows[0]) == 12
 
 
+def test_m1_label_spreading_is_the_default_and_predicts_new_images(digits_run, tmp_path, capsys):
+    import shutil
+
+    from vaekit.latent_classifier import fit_m1, load_m1
+
+    run = Path(shutil.copytree(digits_run, tmp_path / "vae"))
+    record = fit_m1(run, labels_per_class=5)
+    assert record["classifier"] == "spreading" and record["recipe"].startswith("label-spreading-knn10-alpha0.2-")
+    from vaekit import checkpoint
+
+    stored, _ = checkpoint.load_tensors(run / "m1.safetensors")
+    labels = stored["labels"]  # every training image's code is kept, -1 where its label is unknown
+    assert len(labels) == len(stored["features"]) > 1000 and int((labels >= 0).sum()) == 50
+    assert int((labels == -1).sum()) == len(labels) - 50
+    assert type(load_m1(run)).__name__ == "LabelSpreading"
+    data = _npz(tmp_path / "new.npz", np.arange(30) % 10)  # images the VAE never saw
+    assert main(["predict", str(run), "--data", str(data)]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 31 and rows[0][:3] == ["index", "label", "p0"]
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4) and all(int(r[1]) == int(np.argmax(p)) for r, p in zip(rows[1:], probs))
+
+    assert main(["m1", str(run), "--labels-per-class", "5", "--classifier", "logistic"]) == 0
+    logistic = json.loads((run / "m1.json").read_text())
+    assert logistic["classifier"] == "logistic" and logistic["recipe"].startswith("logistic-regression-")
+    assert len(checkpoint.load_tensors(run / "m1.safetensors")[0]["labels"]) == 50
+    assert type(load_m1(run)).__name__ == "LogisticRegression"
+
+
+def test_m1_bad_classifier_is_one_line(digits_run, tmp_path, capsys):
+    from vaekit.latent_classifier import fit_m1
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["m1", str(digits_run), "--classifier", "svm"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice" in err, err
+    with pytest.raises(VaekitError, match="--classifier must be one of spreading, logistic, got 'svm'"):
+        fit_m1(digits_run, classifier="svm")
+    assert not (digits_run / "m1.json").exists()
+
+
 # ---- bad input: one line, status 2, nothing lost
 
 def _npz(path: Path, y) -> Path:

@@ -124,10 +124,13 @@ def build_parser() -> Parser:
     p.add_argument("--n", type=_number(int), default=8, help="number of source images (rows, default: 8)")
     p.add_argument("--out", required=True, help="image file to write")
 
-    p = sub.add_parser("m1", help="fit M1: a classifier on the latent means of a run's labelled training images")
+    p = sub.add_parser("m1", help="fit M1: a classifier on the latent means of a run's training images")
     p.add_argument("run", help="run folder (any model)")
     p.add_argument("--labels-per-class", type=_number(int), default=None,
                    help="use the labels of only this many training images per class (default: the run's labels)")
+    p.add_argument("--classifier", choices=("spreading", "logistic"), default="spreading",
+                   help="spreading: label spreading over a kNN graph of every training code (transductive, "
+                   "default); logistic: logistic regression on the labelled codes alone")
 
     p = sub.add_parser("predict", help="predicted labels and class probabilities (M2, or a run with M1) as CSV")
     p.add_argument("run", help="run folder")
@@ -230,7 +233,7 @@ def cmd_analogy(args: argparse.Namespace) -> int:
 def cmd_m1(args: argparse.Namespace) -> int:
     from .latent_classifier import fit_m1
 
-    report = fit_m1(Path(args.run), labels_per_class=args.labels_per_class)
+    report = fit_m1(Path(args.run), labels_per_class=args.labels_per_class, classifier=args.classifier)
     print(f"M1 fitted on {report['labelled']} labelled training images: validation error "
           f"{report['val_error']:.4f}; `vaekit evaluate {args.run}` reports its test label_error")
     return 0
