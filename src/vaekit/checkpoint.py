@@ -286,10 +286,11 @@ def read_evaluations(folder: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in doc.items() if isinstance(v, dict)} if isinstance(doc, dict) else {}
 
 
-def save_evaluation(folder: Path, result: dict[str, Any]) -> None:
-    """Record an evaluate() result in evaluation.json, replacing an earlier one on the same data."""
+def save_evaluation(folder: Path, result: dict[str, Any], key: str | None = None) -> None:
+    """Record an evaluate() result in evaluation.json under `key` (default: its dataset), replacing an
+    earlier one of that key."""
     doc = read_evaluations(folder)
-    doc[str(result.get("dataset", "test"))] = result
+    doc[key or str(result.get("dataset", "test"))] = result
     atomic_write(Path(folder) / EVALUATION, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
 
 
