@@ -57,14 +57,14 @@ IMAGES_LOADED = "[...document.images].filter(i => !i.hidden).every(i => i.comple
 
 
 @pytest.fixture(scope="module")
-def m2_run(tmp_path_factory):
+def m2_run(browser, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "m2"
     return vaekit.train(out, dataset="digits", model="m2", labels_per_class=5, epochs=2, width=8, hidden=32,
                         latent_dim=4, progress=False)
 
 
 @pytest.mark.parametrize("name", ["digits_run", "cvae_run", "m2_run"])
-def test_report_in_the_browser(name, request, browser, tmp_path, capsys):
+def test_report_in_the_browser(browser, name, request, tmp_path, capsys):
     run = shutil.copytree(request.getfixturevalue(name), tmp_path / "run")
     assert main(["evaluate", str(run), "--iw-samples", "3", "--samples-per-class", "5", "--json"]) == 0
     capsys.readouterr()
@@ -97,7 +97,7 @@ def test_report_in_the_browser(name, request, browser, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def explorer_url(digits_run):
+def explorer_url(browser, digits_run):  # the browser first: without one, skip before training anything
     server = make_server(load_explorer(digits_run), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield url_of(server)
@@ -201,7 +201,8 @@ def test_two_browsers_are_served_at_once(browser, explorer_url):
         context.close()
 
 
-def test_explorer_class_picker(browser, cvae_run):
+def test_explorer_class_picker(browser, request):
+    cvae_run = request.getfixturevalue("cvae_run")
     server = make_server(load_explorer(cvae_run), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

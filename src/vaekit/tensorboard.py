@@ -31,7 +31,7 @@ class TensorBoardLog:
 
         epoch = record["epoch"]
         for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key,
                                        value, epoch)
         training = model.training
