@@ -216,7 +216,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     explorer = load_explorer(args.run, args.device)
     if not 0 <= args.port <= 65535:
         raise VaekitError(f"--port must be in 0..65535, got {args.port}")
-    server = make_server(explorer, args.host, args.port, title=Path(args.run).resolve().name)
+    server = make_server(explorer, args.host, args.port)
     print(f"vaekit: exploring {args.run} at {url_of(server)} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

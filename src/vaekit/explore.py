@@ -20,6 +20,7 @@ the page shows, and the server goes on serving. The model is used only through i
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import sys
@@ -52,10 +53,10 @@ class Explorer:
     """What the server answers from: the model, the test images and their map (fixed once built)."""
 
     def __init__(self, model, x: torch.Tensor, y: torch.Tensor | None, steps: int = STEPS,
-                 shown: torch.Tensor | None = None):
+                 shown: torch.Tensor | None = None, name: str = ""):
         """x: (N, C, H, W) the test images as the model sees them (binarized), y: (N,) their labels (-1:
-        unknown); shown: the same images as people see them (grey levels; default x)."""
-        self.model, self.steps = model.eval(), steps
+        unknown); shown: the same images as people see them (grey levels; default x); name: the page's title."""
+        self.model, self.steps, self.name = model.eval(), steps, name
         self.x, self.y = x[:MAP_IMAGES], None if y is None else y[:MAP_IMAGES]
         self.shown = self.x if shown is None else shown[:MAP_IMAGES].to(x.device)
         self.lock = threading.Lock()  # one model call at a time: requests come from many threads
@@ -192,7 +193,6 @@ def page() -> bytes:
 
 class Handler(BaseHTTPRequestHandler):
     explorer: Explorer  # set on the subclass make_server builds
-    title: str = ""
     protocol_version = "HTTP/1.1"  # keep-alive: a drag sends many requests
     routes = {"/api/decode": Explorer.decode, "/api/slide": Explorer.slide, "/api/image": Explorer.image,
               "/api/interpolate": Explorer.interpolate}
@@ -214,7 +214,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
-            self._send(200, page().replace(b"{{TITLE}}", self.title.encode()), "text/html; charset=utf-8")
+            title = html.escape(self.explorer.name).encode()
+            self._send(200, page().replace(b"{{TITLE}}", title), "text/html; charset=utf-8")
         elif path == "/api/info":
             self._json(200, self.explorer.info())
         else:
@@ -258,9 +259,9 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000, title: str = "") -> Server:
+def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> Server:
     """A server bound to host:port (0: a free port; see server.server_address), not yet serving."""
-    handler = type("ExplorerHandler", (Handler,), {"explorer": explorer, "title": title})
+    handler = type("ExplorerHandler", (Handler,), {"explorer": explorer})
     try:
         return Server((host, port), handler)
     except OSError as e:
@@ -277,7 +278,7 @@ def load_explorer(run: str | Path, device: str = "cpu") -> Explorer:
     model = load(run, device)
     split, data_cfg, mode = evaluation_data(run)
     test = test_targets(split, data_cfg.split_seed, mode, next(iter(model.parameters())).device)
-    return Explorer(model, test.x, test.y, shown=split.to_float())
+    return Explorer(model, test.x, test.y, shown=split.to_float(), name=Path(run).resolve().name)
 
 
 def url_of(server: Server) -> str:

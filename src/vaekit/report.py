@@ -60,7 +60,10 @@ def _img(png: bytes, alt: str, cls: str = "pixels", scale: int = 1) -> str:
     return f'<img class="{cls}" src="{data_uri(png)}" alt="{html.escape(alt)}"{width}>'
 
 
-def _figure(png: bytes, caption: str, cls: str = "pixels", scale: int = 1) -> str:
+def _figure(png: bytes, caption: str, cls: str = "pixels", scale: int | None = None) -> str:
+    """A picture with its caption; pixel pictures narrower than 500 px are drawn twice their size."""
+    if scale is None:
+        scale = 2 if cls == "pixels" and Image.open(io.BytesIO(png)).width < 500 else 1
     return f"<figure>{_img(png, caption, cls, scale)}<figcaption>{caption}</figcaption></figure>"
 
 
@@ -210,7 +213,21 @@ def interpolation_pairs(y: torch.Tensor | None, n: int, count: int, same_class: 
     return pairs
 
 
-def interpolation_section(model, x: torch.Tensor, y: torch.Tensor | None) -> str:
+def reconstruction_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor, n: int = 16) -> str:
+    """Groups of rows: the test images, as the model sees them if that differs (binarized), reconstructions."""
+    x, shown, y = x[:n], shown[:n], None if y is None else y[:n]
+    recon = model.reconstruct(x, y)
+    parts = [shown, x, recon] if not torch.equal(shown, x) else [shown, recon]
+    per_row, rows = 8, []
+    for start in range(0, len(x), per_row):
+        rows += [p[start : start + per_row] for p in parts]
+    grid = plots.png_bytes(plots.image_grid(torch.cat(rows), nrow=per_row))
+    what = ("test images, the same binarized (as the model sees them), and their reconstructions E[x|z = E[z|x]]"
+            if len(parts) == 3 else "test images above their reconstructions E[x|z = E[z|x]]")
+    return "<h2>Reconstructions</h2>" + _figure(grid, f"groups of {len(parts)} rows: {what}")
+
+
+def interpolation_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor) -> str:
     pairs = interpolation_pairs(y, min(len(x), 200), PAIRS, same_class=bool(model.num_classes))
     if not pairs:
         return ""
@@ -221,7 +238,8 @@ def interpolation_section(model, x: torch.Tensor, y: torch.Tensor | None) -> str
     z = za[:, None] + t[None, :, None] * (zb - za)[:, None]  # (P, S, D)
     labels = _labels_for(model, ya, len(pairs), x.device)
     images = model.decode(z.flatten(0, 1), None if labels is None else labels.repeat_interleave(INTERPOLATION_STEPS))
-    rows = torch.cat([x[a][:, None], images.view(len(pairs), INTERPOLATION_STEPS, *x.shape[1:]), x[b][:, None]], dim=1)
+    rows = torch.cat([shown[a][:, None], images.view(len(pairs), INTERPOLATION_STEPS, *x.shape[1:]), shown[b][:, None]],
+                     dim=1)
     grid = plots.image_grid(rows.flatten(0, 1), nrow=INTERPOLATION_STEPS + 2)
     how = " (pairs of one class, decoded as that class)" if model.num_classes else ""
     return ("<h2>Interpolations</h2>" + _figure(plots.png_bytes(grid), "each row: a test image, its code E[z|x] moved "
@@ -238,42 +256,44 @@ def axis_kl(model, x: torch.Tensor, y: torch.Tensor | None, axes: int) -> np.nda
     return kl.double().mean(0).cpu().numpy()
 
 
-def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None) -> str:
+def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor) -> str:
     z0 = model.encode(x[:1], None if y is None else y[:1])[0]
     walk = model.traversal(z0, TRAVERSAL_STEPS)  # (A, S, D)
     kl = axis_kl(model, x, y, walk.shape[0])
     order = np.argsort(-kl, kind="stable") if kl is not None else np.arange(walk.shape[0])
-    shown = order[:MAX_TRAVERSAL_ROWS]
+    rows = order[:MAX_TRAVERSAL_ROWS]
     labels = _labels_for(model, None if y is None else y[:1], 1, x.device)
-    flat = walk[torch.as_tensor(shown.copy(), device=walk.device)].flatten(0, 1)
+    flat = walk[torch.as_tensor(rows.copy(), device=walk.device)].flatten(0, 1)
     images = model.decode(flat, None if labels is None else labels.expand(len(flat)))
-    images = images.view(len(shown), walk.shape[1], *x.shape[1:])
-    rows = []
-    for row, axis in zip(images, shown):
+    images = images.view(len(rows), walk.shape[1], *x.shape[1:])
+    table = []
+    for row, axis in zip(images, rows):
         strip = plots.png_bytes(plots.image_grid(row, nrow=walk.shape[1]))
         kl_text = f"{kl[axis]:.3f}" if kl is not None else "n/a"
-        rows.append(f'<tr><td>axis {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}")}</td></tr>')
-    original = plots.png_bytes(plots.image_grid(x[:1], nrow=1))
+        table.append(f'<tr><td>axis {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}", scale=2)}</td></tr>')
+    original = plots.png_bytes(plots.image_grid(shown[:1], nrow=1))
     more = f" (the {MAX_TRAVERSAL_ROWS} of most KL)" if walk.shape[0] > MAX_TRAVERSAL_ROWS else ""
     return ("<h2>Latent traversals</h2><p>Starting from the code of the test image "
             f"{_img(original, 'the first test image')}, each row walks one latent axis{more} over its range "
             "(a Gaussian dimension over quantiles of its prior, a categorical variable over its categories), "
             "the others kept; rows ordered by the axis' mean KL on test images (nats).</p>"
-            f"<table><tr><th>axis</th><th>KL</th><th>decoded</th></tr>{''.join(rows)}</table>")
+            f"<table><tr><th>axis</th><th>KL</th><th>decoded</th></tr>{''.join(table)}</table>")
 
 
 # ---- the page
 
 
 def build_report(run: Path, model, test, method: str = "auto", pictures: dict[str, bytes] | None = None,
-                 seed: int = 0) -> str:
-    """The HTML of a run's report; test: DeviceData (binarized test images); pictures: PNGs already drawn
-    by plots.run_pictures (reused, not drawn again)."""
+                 seed: int = 0, shown: torch.Tensor | None = None) -> str:
+    """The HTML of a run's report; test: DeviceData (the test images as the model sees them); shown: the
+    same images as people see them (grey levels; default test.x); pictures: PNGs already drawn by
+    plots.run_pictures (reused, not drawn again)."""
     run = Path(run)
     pictures = pictures or {}
     metrics = ckpt.read_metrics(run)
     data_cfg, model_cfg, _ = ckpt.read_config(run)
     x, y = test.x[:MAP_IMAGES], None if test.y is None else test.y[:MAP_IMAGES]
+    shown = x if shown is None else shown[:MAP_IMAGES].to(x.device)
     sections = [config_section(run), metrics_section(run, metrics)]
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)
@@ -289,13 +309,11 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
         samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model))
         sections.append("<h2>Samples</h2>" + _figure(samples, "E[x|z], z drawn from the prior" + (
             ", one row per class" if model.num_classes else "")))
-        recon = pictures.get("reconstructions.png") or plots.png_bytes(plots.reconstruction_grid(model, test.x, test.y))
-        sections.append("<h2>Reconstructions</h2>" + _figure(recon, "pairs of rows: test images (as the model sees "
-                                                             "them) above their reconstructions E[x|z = E[z|x]]"))
+        sections.append(reconstruction_section(model, x, y, shown))
         plane = latent_map(model.encode(x, y).cpu().numpy(), method, seed)
         sections.append(map_section(model, plane, y, method))
-        sections.append(interpolation_section(model, x, y))
-        sections.append(traversal_section(model, x, y))
+        sections.append(interpolation_section(model, x, y, shown))
+        sections.append(traversal_section(model, x, y, shown))
     title = f"vaekit run {run.resolve().name}"
     trained = f"{metrics[-1]['epoch']} epochs" if metrics else "not trained"
     subtitle = (f"--model {html.escape(model_cfg.model)} on {html.escape(data_cfg.dataset)}, latent dimension "
@@ -306,9 +324,10 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
             f'<p class="sub">{subtitle}</p>{"".join(sections)}</body></html>\n')
 
 
-def write_report(run: str | Path, *, method: str = "auto", model=None, test=None,
+def write_report(run: str | Path, *, method: str = "auto", model=None, test=None, shown: torch.Tensor | None = None,
                  pictures: dict[str, bytes] | None = None) -> Path:
-    """Write RUN/report.html (atomically); the model and test images are loaded from the run unless given."""
+    """Write RUN/report.html (atomically); the model and test images are loaded from the run unless given
+    (test: DeviceData as the model sees them, shown: as people do; see build_report)."""
     run = Path(run)
     data_cfg, _, _ = ckpt.read_config(run)
     if model is None:
@@ -319,6 +338,7 @@ def write_report(run: str | Path, *, method: str = "auto", model=None, test=None
 
         split, data_cfg, mode = evaluation_data(run)
         test = test_targets(split, data_cfg.split_seed, mode, plane_device(model))
-    page = build_report(run, model, test, method, pictures, seed=data_cfg.split_seed)
+        shown = split.to_float()
+    page = build_report(run, model, test, method, pictures, seed=data_cfg.split_seed, shown=shown)
     ckpt.atomic_write(run / REPORT, page.encode())
     return run / REPORT

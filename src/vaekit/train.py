@@ -544,4 +544,4 @@ def finish(t: Training, state: TrainState, pictures: bool, repair: bool = False)
         return
     test = test_targets(t.dataset.test, t.data_cfg.split_seed, t.mode, t.group.device)
     drawn = plots.run_pictures(t.out, t.model, test, t.data_cfg.split_seed)
-    report.write_report(t.out, model=t.model, test=test, pictures=drawn)
+    report.write_report(t.out, model=t.model, test=test, shown=t.dataset.test.to_float(), pictures=drawn)
