@@ -230,6 +230,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(411, {"error": "the request needs a Content-Length"})
         if length > MAX_BODY or length < 0:
             self.close_connection = True
+            if 0 < length <= 64 * MAX_BODY:  # read it first, so the client hears the answer (not a broken pipe)
+                while length > 0 and (chunk := self.rfile.read(min(length, 1 << 16))):
+                    length -= len(chunk)
             return self._json(413, {"error": f"the request body is larger than {MAX_BODY} bytes"})
         raw = self.rfile.read(length)
         route = self.routes.get(path)
