@@ -144,11 +144,12 @@ def metrics_section(run: Path, metrics: list[dict]) -> str:
     return "".join(parts)
 
 
-def curves_section(metrics: list[dict]) -> str:
+def curves_section(metrics: list[dict], curves: bytes | None = None) -> str:
+    """curves: the curves.png plots.run_pictures drew already (drawn here otherwise)."""
     if not metrics:
         return ""
-    parts = ["<h2>Training curves</h2>", _figure(plots.figure_png(plots.curves_plot(metrics)),
-                                                   "every logged term, train and validation, per epoch", "plot")]
+    curves = curves or plots.figure_png(plots.curves_plot(metrics))
+    parts = ["<h2>Training curves</h2>", _figure(curves, "every logged term, train and validation, per epoch", "plot")]
     schedules = plots.schedules_plot(metrics)
     if schedules is not None:
         parts.append(_figure(plots.figure_png(schedules), "the schedules: learning rate, KL weight and the model's knobs",
@@ -165,13 +166,13 @@ def _labels_for(model, y: torch.Tensor | None, n: int, device) -> torch.Tensor |
     return y.clamp(min=0)
 
 
-def map_section(model, plane: LatentMap, y: torch.Tensor | None, method: str) -> str:
+def map_section(model, plane: LatentMap, y: torch.Tensor | None) -> str:
     how = {"raw": "the two latent dimensions themselves", "pca": "the first two principal components of the codes",
            "tsne": "t-SNE of the codes"}[plane.method]
     fig = plots.latent_plot(plane.points, y, plane.xlabel, plane.ylabel)
     parts = ["<h2>Latent space</h2>", _figure(plots.figure_png(fig), f"posterior means E[z|x] of {len(plane.points)} "
                                               f"test images, coloured by label: {how}", "plot")]
-    device = plane_device(model)
+    device = model_device(model)
     z = torch.as_tensor(plane.sweep(SWEEP_STEPS), dtype=torch.float32, device=device)
     plane_name = "the latent plane" if plane.method == "raw" else "the plane of the first two principal components"
     caption = (f"decoded from a {SWEEP_STEPS}×{SWEEP_STEPS} sweep over {plane_name}, between the 2nd and 98th "
@@ -187,7 +188,7 @@ def map_section(model, plane: LatentMap, y: torch.Tensor | None, method: str) ->
     return "".join(parts)
 
 
-def plane_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(iter(model.parameters())).device
 
 
@@ -297,21 +298,13 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
     sections = [config_section(run), metrics_section(run, metrics)]
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)
-        if "curves.png" in pictures:
-            sections.append("<h2>Training curves</h2>" + _figure(pictures["curves.png"], "every logged term, train and "
-                                                                 "validation, per epoch", "plot"))
-            schedules = plots.schedules_plot(metrics)
-            if schedules is not None:
-                sections.append(_figure(plots.figure_png(schedules), "the schedules: learning rate, KL weight and the "
-                                        "model's knobs", "plot"))
-        else:
-            sections.append(curves_section(metrics))
+        sections.append(curves_section(metrics, pictures.get("curves.png")))
         samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model))
         sections.append("<h2>Samples</h2>" + _figure(samples, "E[x|z], z drawn from the prior" + (
-            ", one row per class" if model.num_classes else "")))
+            " (of the class), one row per class" if model.num_classes else "")))
         sections.append(reconstruction_section(model, x, y, shown))
         plane = latent_map(model.encode(x, y).cpu().numpy(), method, seed)
-        sections.append(map_section(model, plane, y, method))
+        sections.append(map_section(model, plane, y))
         sections.append(interpolation_section(model, x, y, shown))
         sections.append(traversal_section(model, x, y, shown))
     title = f"vaekit run {run.resolve().name}"
@@ -337,7 +330,7 @@ def write_report(run: str | Path, *, method: str = "auto", model=None, test=None
         from .data import test_targets
 
         split, data_cfg, mode = evaluation_data(run)
-        test = test_targets(split, data_cfg.split_seed, mode, plane_device(model))
+        test = test_targets(split, data_cfg.split_seed, mode, model_device(model))
         shown = split.to_float()
     page = build_report(run, model, test, method, pictures, seed=data_cfg.split_seed, shown=shown)
     ckpt.atomic_write(run / REPORT, page.encode())
