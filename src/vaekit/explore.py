@@ -194,6 +194,7 @@ def page() -> bytes:
 class Handler(BaseHTTPRequestHandler):
     explorer: Explorer  # set on the subclass make_server builds
     protocol_version = "HTTP/1.1"  # keep-alive: a drag sends many requests
+    disable_nagle_algorithm = True  # else headers and body, written apart, wait ~40 ms for the client's delayed ACK
     routes = {"/api/decode": Explorer.decode, "/api/slide": Explorer.slide, "/api/image": Explorer.image,
               "/api/interpolate": Explorer.interpolate}
 
