@@ -213,9 +213,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_explore(args: argparse.Namespace) -> int:
     from .explore import load_explorer, make_server, url_of
 
-    explorer = load_explorer(args.run, args.device)
     if not 0 <= args.port <= 65535:
         raise VaekitError(f"--port must be in 0..65535, got {args.port}")
+    explorer = load_explorer(args.run, args.device)
     server = make_server(explorer, args.host, args.port)
     print(f"vaekit: exploring {args.run} at {url_of(server)} (Ctrl-C stops)", flush=True)
     try:
