@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import vaekit
+import vaekit.report
 from vaekit.cli import main
 from vaekit.latent_map import latent_map
 
@@ -65,7 +66,6 @@ def test_train_writes_a_self_contained_report(digits_run):
     for heading in ("Config", "Numbers", "Training curves", "Samples", "Reconstructions", "Latent space",
                     "Interpolations", "Latent traversals"):
         assert f"<h2>{heading}</h2>" in text
-    assert "vaekit evaluate" in text  # no test numbers yet: the page says how to get them
 
 
 def test_report_shows_the_best_epoch_of_metrics_jsonl(digits_run):
@@ -103,11 +103,37 @@ def test_a_read_only_run_is_still_evaluated(run, capsys, monkeypatch):
 
 
 def test_report_command_with_tsne(run, capsys):
+    (run / "evaluation.json").unlink(missing_ok=True)
     before = (run / "report.html").stat().st_mtime_ns
     assert main(["report", str(run), "--map", "tsne"]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.html")
     text = (run / "report.html").read_text()
     assert (run / "report.html").stat().st_mtime_ns > before and "t-SNE of the codes" in text
+    assert "No test-set numbers yet" in text and "vaekit evaluate" in text  # the page says how to get them
+
+
+def test_every_number_a_model_reports_is_shown():
+    from vaekit.report import evaluation_table
+
+    result = {"dataset": "digits", "n_images": 10, "iw_samples": 5, "neg_elbo": 21.5, "neg_elbo_se": 0.25,
+              "recon": 18.0, "kl": 3.5, "nll": 20.0, "conditional_accuracy": 0.875, "label_error": 0.125,
+              "label_error_se": 0.01, "conditional_accuracy_per_class": [0.5, 1.0]}
+    shown = numbers(Page(evaluation_table("digits", result)))
+    for key in ("neg_elbo", "recon", "kl", "nll", "conditional_accuracy", "label_error"):
+        assert shown[("evaluation:digits", key)] == result[key]
+    assert "0.500 1.000" in evaluation_table("digits", result)
+
+
+def test_a_report_that_fails_leaves_the_trained_run(tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise vaekit.errors.VaekitError("could not write report.html: No space left on device")
+
+    monkeypatch.setattr(vaekit.report, "write_report", fail)
+    argv = ["train", "--dataset", "digits", "--width", "8", "--hidden", "32", "--latent-dim", "4", "--epochs", "1"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "No space left" in err and f"vaekit report {tmp_path / 'run'}" in err
+    assert (tmp_path / "run" / "model.safetensors").is_file() and not (tmp_path / "run" / "report.html").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

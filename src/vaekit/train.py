@@ -544,4 +544,7 @@ def finish(t: Training, state: TrainState, pictures: bool, repair: bool = False)
         return
     test = test_targets(t.dataset.test, t.data_cfg.split_seed, t.mode, t.group.device)
     drawn = plots.run_pictures(t.out, t.model, test, t.data_cfg.split_seed)
-    report.write_report(t.out, model=t.model, test=test, shown=t.dataset.test.to_float(), pictures=drawn)
+    try:
+        report.write_report(t.out, model=t.model, test=test, shown=t.dataset.test.to_float(), pictures=drawn)
+    except VaekitError as e:  # the trained run is saved whole; the report can be written later
+        print(f"vaekit: warning: {e}; the run is complete: `vaekit report {t.out}` writes the report", file=sys.stderr)
