@@ -47,12 +47,14 @@ def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
 
 
 def train(
-    out: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool | None = None, **options
+    out: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool | None = None,
+    tensorboard: str | Path | None = None, **options
 ) -> Path:
     """Train a model into the run folder `out` (options: fields of the config dataclasses); returns `out`.
 
     With resume=True the run continues with the settings in its config.json; only `epochs` (to train
-    longer) and `device` (to move it, e.g. a GPU run onto a CPU) may be given."""
+    longer) and `device` (to move it, e.g. a GPU run onto a CPU) may be given. tensorboard: a folder to
+    log the numbers and samples of each epoch to (needs the tensorboard package)."""
     if resume:
         changed = sorted(set(options) - RESUME_CHANGES)
         if changed:
@@ -63,7 +65,8 @@ def train(
         train_cfg = dataclasses.replace(train_cfg, **options)
     else:
         data_cfg, model_cfg, train_cfg = make_configs(**options)
-    return fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress)
+    return fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress,
+               tensorboard=tensorboard)
 
 
 def load(run: str | Path, device: str = "cpu") -> torch.nn.Module:

@@ -8,6 +8,8 @@ A run folder holds
                         (epoch, step, best value, optimizer hyper-parameters) in its metadata;
                         one file, so one atomic rename makes a consistent checkpoint.
     metrics.jsonl       one JSON object per epoch
+    evaluation.json     the latest `vaekit evaluate` result per dataset it was evaluated on
+    report.html         the report of the run (report.py)
 Every write goes to a temporary file in the same folder, is fsynced, then renamed into place.
 """
 
@@ -31,6 +33,7 @@ from .config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import VaekitError
 
 CONFIG, BEST, LAST, METRICS = "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl"
+EVALUATION = "evaluation.json"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -272,6 +275,23 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             break  # a line cut by a crash: everything after it is lost work, not data
     return records
+
+
+def read_evaluations(folder: Path) -> dict[str, dict[str, Any]]:
+    """evaluation.json: {dataset: the evaluate() result}; {} when missing or unreadable."""
+    try:
+        doc = json.loads((Path(folder) / EVALUATION).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in doc.items() if isinstance(v, dict)} if isinstance(doc, dict) else {}
+
+
+def save_evaluation(folder: Path, result: dict[str, Any], key: str | None = None) -> None:
+    """Record an evaluate() result in evaluation.json under `key` (default: its dataset), replacing an
+    earlier one of that key."""
+    doc = read_evaluations(folder)
+    doc[key or str(result.get("dataset", "test"))] = result
+    atomic_write(Path(folder) / EVALUATION, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
 
 
 def write_metrics(folder: Path, records: list[dict[str, Any]]) -> None:

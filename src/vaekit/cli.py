@@ -91,6 +91,8 @@ def build_parser() -> Parser:
             add_config_flags(p, cls.Config, f"--model {name}", skip=shared)
             shared |= {f.name for f in dataclasses.fields(cls.Config)}
     add_config_flags(p, TrainConfig)
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also log the scalars and sample images to this TensorBoard folder (needs vaekit[tensorboard])")
 
     p = sub.add_parser("evaluate", help="-ELBO, IWAE -log p(x) and latent usage on the test split")
     p.add_argument("run", help="run folder")
@@ -106,6 +108,17 @@ def build_parser() -> Parser:
     p.add_argument("--samples-per-class", type=_number(int), default=1000,
                    help="models that draw classes: samples per class judged by the classifier (default: 1000)")
     p.add_argument("--json", action="store_true", help="print one JSON object (undefined numbers are null)")
+
+    p = sub.add_parser("report", help="write the run's report.html: numbers, curves, samples, the latent space")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--map", default="auto", choices=("auto", "pca", "tsne"),
+                   help="the latent map: auto (the two dimensions if the latent has 2, else PCA), pca or tsne")
+
+    p = sub.add_parser("explore", help="a local web app to walk the latent space (Ctrl-C stops it)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_number(int), default=8000, help="port (default: 8000; 0: a free one)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
 
     p = sub.add_parser("sample", help="draw images from the model")
     p.add_argument("run", help="run folder")
@@ -154,7 +167,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise VaekitError("--out RUN is required: the folder to write the run into")
     out = Path(args.resume or args.out)
     try:
-        train(out, overwrite=args.overwrite, resume=bool(args.resume), **config_options(args))
+        train(out, overwrite=args.overwrite, resume=bool(args.resume), tensorboard=args.tensorboard,
+              **config_options(args))
     except Interrupted as e:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code
@@ -174,6 +188,45 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log=lambda message: print(f"vaekit: {message}", file=sys.stderr, flush=True),
     )
     print(json.dumps(result, allow_nan=False) if args.json else format_report(result))
+    key = result.get("dataset", "test") + (f", first {args.limit} images" if args.limit else "")
+    _add_to_report(Path(args.run), result, key)
+    return 0
+
+
+def _add_to_report(run: Path, result: dict, key: str) -> None:
+    """Record an evaluation in the run folder and redraw its report; a run folder that cannot take
+    them (read-only, say) only costs a warning: the numbers are printed already."""
+    from .checkpoint import save_evaluation
+    from .report import write_report
+
+    try:
+        save_evaluation(run, result, key)
+        write_report(run)
+    except (VaekitError, OSError) as e:
+        print(f"vaekit: warning: the report in {run} was not updated: {e}", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.run, method=args.map))
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from .explore import load_explorer, make_server, url_of
+
+    if not 0 <= args.port <= 65535:
+        raise VaekitError(f"--port must be in 0..65535, got {args.port}")
+    explorer = load_explorer(args.run, args.device)
+    server = make_server(explorer, args.host, args.port)
+    print(f"vaekit: exploring {args.run} at {url_of(server)} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("vaekit: explorer stopped", file=sys.stderr, flush=True)
+    finally:
+        server.server_close()
     return 0
 
 
@@ -262,7 +315,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "explore": cmd_explore,
+            "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "analogy": cmd_analogy, "m1": cmd_m1, "predict": cmd_predict, "download": cmd_download}
 
 

@@ -34,10 +34,14 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 28
     return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
 
-def save_png(path: str | Path, picture: Image.Image) -> Path:
+def png_bytes(picture: Image.Image) -> bytes:
     buf = io.BytesIO()
     picture.save(buf, format="PNG")
-    ckpt.atomic_write(Path(path), buf.getvalue())
+    return buf.getvalue()
+
+
+def save_png(path: str | Path, picture: Image.Image) -> Path:
+    ckpt.atomic_write(Path(path), png_bytes(picture))
     return Path(path)
 
 
@@ -56,10 +60,10 @@ def save_image(path: str | Path, picture: Image.Image) -> Path:
     return path
 
 
-def _save_figure(path: Path, fig: Figure) -> None:
+def figure_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    ckpt.atomic_write(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def sample_grid(model, n: int = 64) -> Image.Image:
@@ -109,32 +113,37 @@ def traversal_grid(model, x: torch.Tensor, y: torch.Tensor | None, steps: int = 
     return image_grid(model.decode(walk.flatten(0, 1), label), nrow=walk.shape[1])
 
 
-def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) -> None:
-    """Posterior means of the images, in 2-D (the first two principal components if D > 2)."""
-    with torch.no_grad():
-        mu = model.encode(x, y).cpu().numpy()
-    if mu.shape[1] > 2:
-        from sklearn.decomposition import PCA
-
-        mu = PCA(n_components=2).fit_transform(mu)
-        xlabel, ylabel = "PC 1 of E[z|x]", "PC 2 of E[z|x]"
-    elif mu.shape[1] == 2:
-        xlabel, ylabel = "E[z1|x]", "E[z2|x]"
-    else:
-        mu = np.concatenate([mu, np.zeros_like(mu)], axis=1)
-        xlabel, ylabel = "E[z|x]", ""
+def latent_plot(points: np.ndarray, y: torch.Tensor | None, xlabel: str, ylabel: str) -> Figure:
+    """A scatter of map points (N, 2), coloured by label y (N,) where known."""
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     if y is None or bool((y < 0).all()):  # no labels: one colour (and no colour map to warn about)
-        ax.scatter(mu[:, 0], mu[:, 1], s=6, alpha=0.8)
+        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.8)
     else:
-        points = ax.scatter(mu[:, 0], mu[:, 1], c=y.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
-        fig.colorbar(points, ax=ax, label="class (-1: unknown)" if bool((y < 0).any()) else "class")
+        colours = ax.scatter(points[:, 0], points[:, 1], c=y.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
+        fig.colorbar(colours, ax=ax, label="class (-1: unknown)" if bool((y < 0).any()) else "class")
     ax.set(xlabel=xlabel, ylabel=ylabel, title="latent space (test images)")
-    _save_figure(path, fig)
+    return fig
+
+
+def latent_png(model, x: torch.Tensor, y: torch.Tensor | None) -> bytes:
+    """Posterior means of the images on the latent map (raw if D <= 2, else the first two principal components)."""
+    from .latent_map import latent_map
+
+    with torch.no_grad():
+        plane = latent_map(model.encode(x, y).cpu().numpy())
+    return figure_png(latent_plot(plane.points, y, plane.xlabel, plane.ylabel))
+
+
+def latent_figure(path: Path, model, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    ckpt.atomic_write(path, latent_png(model, x, y))
 
 
 def curves_figure(path: Path, metrics: list[dict]) -> None:
+    ckpt.atomic_write(path, figure_png(curves_plot(metrics)))
+
+
+def curves_plot(metrics: list[dict]) -> Figure:
     """One panel per logged term (train and validation) against the epoch; -ELBO first."""
     epochs = [m["epoch"] for m in metrics]
     terms = sorted({k.split("_", 1)[1] for m in metrics for k in m if k.startswith(("train_", "val_"))}
@@ -158,7 +167,24 @@ def curves_figure(path: Path, metrics: list[dict]) -> None:
             ax.legend()
     for ax in axes[len(terms):]:
         ax.axis("off")
-    _save_figure(path, fig)
+    return fig
+
+
+TIMING = {"epoch", "step", "seconds", "train_seconds", "images_per_second"}
+
+
+def schedules_plot(metrics: list[dict]) -> Figure | None:
+    """One panel per other logged number (learning rate, KL weight, a model's knobs) against the epoch."""
+    keys = sorted({k for m in metrics for k, v in m.items()
+                   if not k.startswith(("train_", "val_")) and k not in TIMING and isinstance(v, (int, float))})
+    if not keys:
+        return None
+    fig = Figure(figsize=(4.2 * len(keys), 3.0))
+    for ax, key in zip(np.atleast_1d(fig.subplots(1, len(keys))).ravel(), keys):
+        points = [(m["epoch"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))]
+        ax.plot(*zip(*points))
+        ax.set(xlabel="epoch", title=key.replace("_", " "))
+    return fig
 
 
 def picture_names(model) -> tuple[str, ...]:
@@ -167,17 +193,21 @@ def picture_names(model) -> tuple[str, ...]:
             + (("analogy.png",) if model.num_classes else ()) + ("curves.png",))
 
 
-def run_pictures(out: Path, model, test, seed: int) -> None:
-    """The picture_names() of a trained run; test: DeviceData."""
+def run_pictures(out: Path, model, test, seed: int) -> dict[str, bytes]:
+    """Write the picture_names() of a trained run (test: DeviceData); returns them as PNG bytes."""
     device = test.x.device
+    pictures = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        save_png(out / "samples.png", sample_grid(model))
-        save_png(out / "reconstructions.png", reconstruction_grid(model, test.x, test.y))
-        latent_figure(out / "latent.png", model, test.x[:2000], None if test.y is None else test.y[:2000])
-        save_png(out / "traversal.png", traversal_grid(model, test.x, test.y))
+        pictures["samples.png"] = png_bytes(sample_grid(model))
+        pictures["reconstructions.png"] = png_bytes(reconstruction_grid(model, test.x, test.y))
+        pictures["latent.png"] = latent_png(model, test.x[:2000], None if test.y is None else test.y[:2000])
+        pictures["traversal.png"] = png_bytes(traversal_grid(model, test.x, test.y))
         if model.num_classes:
-            save_png(out / "analogy.png", analogy_grid(model, test.x, test.y))
+            pictures["analogy.png"] = png_bytes(analogy_grid(model, test.x, test.y))
     metrics = ckpt.read_metrics(out)
     if metrics:
-        curves_figure(out / "curves.png", metrics)
+        pictures["curves.png"] = figure_png(curves_plot(metrics))
+    for name, data in pictures.items():
+        ckpt.atomic_write(out / name, data)
+    return pictures

@@ -37,6 +37,7 @@ from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs
 from .data import VAL_SEED_OFFSET, DeviceData, EpochPlan, ImageDataset, binarization, epoch_order, fixed_targets
 from .data import load_dataset, test_targets, training_targets
 from .errors import Terminated, VaekitError
+from .tensorboard import TensorBoardLog
 
 __all__ = ["fit", "epoch_order", "resolve_device", "train_step", "speedups", "validate", "Interrupted"]
 
@@ -238,6 +239,7 @@ class Training:
     train_data: DeviceData
     val_data: DeviceData
     plan: EpochPlan
+    board: TensorBoardLog | None = None  # --tensorboard DIR
 
     @property
     def total_steps(self) -> int:
@@ -382,12 +384,14 @@ def fit(
     resume: bool = False,
     progress: bool | None = None,
     pictures: bool = True,
+    tensorboard: str | Path | None = None,
 ) -> Path:
     """Train a model and write its run folder; returns the folder.
 
     With resume=True the configs are the run's own (api.train reads them from config.json, with the
     epochs and device the user changed). Under torchrun, trains with DDP (see distributed.py).
-    Raises Interrupted after SIGINT/SIGTERM, once a checkpoint is written.
+    Raises Interrupted after SIGINT/SIGTERM, once a checkpoint is written. tensorboard: a folder to log
+    each epoch's numbers and samples to as TensorBoard events, too.
     """
     out = Path(out)
     group = distributed.setup(resolve_device(train_cfg.device), train_cfg.dist_timeout)
@@ -395,7 +399,12 @@ def fit(
     try:
         with lock:
             try:
-                return _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures)
+                board = TensorBoardLog(tensorboard, train_cfg.seed) if tensorboard and group.is_main else None
+                try:
+                    return _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures, board)
+                finally:
+                    if board is not None:
+                        board.close()
             except BaseException as e:  # a new run that failed before its first checkpoint gives the old one back
                 if group.is_main and ckpt.restore_replaced(out):
                     back = f"the previous run in {out} is back in place"
@@ -411,8 +420,9 @@ def fit(
         distributed.teardown()
 
 
-def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures) -> Path:
+def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures, board=None) -> Path:
     t = prepare(data_cfg, model_cfg, train_cfg, out, group)
+    t.board = board
     state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()})
     if resume and (out / ckpt.LAST).is_file():
         state = TrainState.restore(t)
@@ -514,20 +524,24 @@ def end_epoch(t: Training, state: TrainState, timing: dict, bar: tqdm) -> None:
         state.best = {k: v.detach().clone() for k, v in t.averaged.state_dict().items()}
     if t.group.is_main:  # the line first: a resume drops lines past the checkpoint and redoes them
         knobs = timing["knobs"]
-        ckpt.append_metrics(t.out, {
+        record = {
             "epoch": state.epoch, "step": state.step,
             **{f"train_{k}": v for k, v in train_terms.items()},
             **{f"val_{k}": v for k, v in val_terms.items()},
             "lr": timing["lr"], "kl_weight": knobs.pop("beta"), **knobs,
             "train_seconds": timing["train_seconds"], "images_per_second": timing["images_per_second"],
             "seconds": time.perf_counter() - timing["start"],
-        })
+        }
+        ckpt.append_metrics(t.out, record)
+        if t.board is not None:
+            t.board.epoch(record, t.averaged)
     state.save(t)
     bar.set_postfix(loss=f"{train_terms['neg_elbo']:.2f}", val=f"{val_terms['neg_elbo']:.2f}", refresh=False)
 
 
 def finish(t: Training, state: TrainState, pictures: bool, repair: bool = False) -> None:
-    """Load the best weights; draw the pictures (on resume of a finished run: only those missing)."""
+    """Load the best weights; draw the pictures and write report.html (on resume of a finished run: only
+    if some are missing)."""
     t.model.load_state_dict(state.best)
     t.model.eval()
     if state.stalled(t.cfg.patience) and t.group.is_main:
@@ -536,8 +550,14 @@ def finish(t: Training, state: TrainState, pictures: bool, repair: bool = False)
     if not (pictures and t.group.is_main):
         return
     from . import plots  # matplotlib is imported only when pictures are drawn
+    from . import report
 
-    if repair and all((t.out / name).is_file() for name in plots.picture_names(t.model)):
+    names = (*plots.picture_names(t.model), report.REPORT)
+    if repair and all((t.out / name).is_file() for name in names):
         return
     test = test_targets(t.dataset.test, t.data_cfg.split_seed, t.mode, t.group.device)
-    plots.run_pictures(t.out, t.model, test, t.data_cfg.split_seed)
+    drawn = plots.run_pictures(t.out, t.model, test, t.data_cfg.split_seed)
+    try:
+        report.write_report(t.out, model=t.model, test=test, shown=t.dataset.test.to_float(), pictures=drawn)
+    except VaekitError as e:  # the trained run is saved whole; the report can be written later
+        print(f"vaekit: warning: {e}; the run is complete: `vaekit report {t.out}` writes the report", file=sys.stderr)

@@ -1,0 +1,293 @@
+"""`vaekit explore RUN`: a local web app to walk a model's latent space, served by the standard library.
+
+The page (explore.html, no build step, nothing fetched from elsewhere) draws the 2-D map of the test
+codes (latent_map.py) and asks the server, in JSON, for the images of latent points:
+
+    GET  /api/info         the model's shape, the map, the axes ordered by KL, a gallery of test images
+    POST /api/decode       {"z": [D numbers]} or {"point": [u, v]} (a place on the map), "label" for a
+                           model with classes -> the view of that point
+    POST /api/slide        {"z", "axis", "step", "label"}: z moved to point `step` of model.traversal(z)'s
+                           row `axis` -> its view (sliders compose: each walks from the current z)
+    POST /api/image        {"index", "label"}: a test image, its reconstruction and the view of its code
+    POST /api/interpolate  {"from", "to", "label", "steps"}: the decoded line between two test images' codes
+
+A view is {"z", "image" (a PNG data URI), "point" (z on the map), "positions" (per axis, the step of
+traversal(z) nearest z: where each slider stands)}. Every request is checked; a bad one (not JSON, a z
+of the wrong length or not finite, a class the model lacks) gets HTTP 400 and {"error": "..."}, which
+the page shows, and the server goes on serving. The model is used only through its contract
+(models/base.py), under a lock, in eval mode.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import sys
+import threading
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import plots
+from .errors import VaekitError
+from .latent_map import LatentMap, latent_map
+from .models.base import class_labels
+from .report import axis_kl, data_uri
+
+MAP_IMAGES, GALLERY, STEPS = 2000, 48, 9
+MAX_BODY, MAX_ABS = 1 << 20, 1e4  # bytes of a request; the largest |z_d| or map coordinate accepted
+
+
+class RequestError(Exception):
+    """A request the explorer refuses (HTTP 400); the message says why."""
+
+
+class Explorer:
+    """What the server answers from: the model, the test images and their map (fixed once built)."""
+
+    def __init__(self, model, x: torch.Tensor, y: torch.Tensor | None, steps: int = STEPS,
+                 shown: torch.Tensor | None = None, name: str = ""):
+        """x: (N, C, H, W) the test images as the model sees them (binarized), y: (N,) their labels (-1:
+        unknown); shown: the same images as people see them (grey levels; default x); name: the page's title."""
+        self.model, self.steps, self.name = model.eval(), steps, name
+        self.x, self.y = x[:MAP_IMAGES], None if y is None else y[:MAP_IMAGES]
+        self.shown = self.x if shown is None else shown[:MAP_IMAGES].to(x.device)
+        self.lock = threading.Lock()  # one model call at a time: requests come from many threads
+        self.device = x.device
+        with torch.no_grad():
+            codes = model.encode(self.x, self.y)
+            self.dim = codes.shape[1]
+            self.plane: LatentMap = latent_map(codes.cpu().numpy())
+            walk = model.traversal(codes[0], steps)
+            self.num_axes = walk.shape[0]
+            kl = axis_kl(model, self.x, self.y, self.num_axes)
+        self.kl = kl
+        self.order = [int(a) for a in (np.argsort(-kl, kind="stable") if kl is not None else range(self.num_axes))]
+
+    # ---- checking requests
+
+    def z_of(self, body: dict) -> torch.Tensor:
+        z = body.get("z")
+        if not isinstance(z, list) or len(z) != self.dim:
+            got = f"{len(z)} numbers" if isinstance(z, list) else type(z).__name__
+            raise RequestError(f"z must be a list of {self.dim} numbers (the latent dimension), got {got}")
+        return torch.tensor(finite_numbers(z, "z"), dtype=torch.float32, device=self.device)
+
+    def label_of(self, body: dict) -> int | None:
+        label = body.get("label")
+        if not self.model.num_classes:
+            if label is not None:
+                raise RequestError("this model draws no classes: leave out the label")
+            return None
+        if label is None:
+            raise RequestError(f"this model draws a class per image: give a label in 0..{self.model.num_classes - 1}")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < self.model.num_classes:
+            raise RequestError(f"label must be a class of this model, 0..{self.model.num_classes - 1}, got {label!r}")
+        return label
+
+    def index_of(self, body: dict, key: str) -> int:
+        i = body.get(key)
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self.x):
+            raise RequestError(f"{key} must be the number of a test image, 0..{len(self.x) - 1}, got {i!r}")
+        return i
+
+    def int_in(self, body: dict, key: str, low: int, high: int, default: int | None = None) -> int:
+        v = body.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise RequestError(f"{key} must be a whole number in {low}..{high}, got {v!r}")
+        return v
+
+    # ---- answers
+
+    def _labels(self, label: int | None, n: int) -> torch.Tensor | None:
+        return class_labels(label, n, self.model.num_classes, self.device) if label is not None else None
+
+    def view(self, z: torch.Tensor, label: int | None) -> dict:
+        """The decoded image of z, its place on the map and the slider positions."""
+        with self.lock, torch.no_grad():
+            image = self.model.decode(z[None], self._labels(label, 1))[0]
+            walk = self.model.traversal(z, self.steps)  # (A, S, D)
+        positions = (walk - z).square().sum(-1).argmin(-1).tolist()
+        return {"z": [round(float(v), 5) for v in z], "image": png_uri(image),
+                "point": [round(float(v), 5) for v in self.plane.to_map(z.cpu().double().numpy()[None])[0]],
+                "positions": positions, "label": label}
+
+    def info(self) -> dict:
+        labels = None if self.y is None else self.y.tolist()
+        return {
+            "num_classes": self.model.num_classes, "latent_dim": self.dim, "steps": self.steps,
+            "image_shape": list(self.x.shape[1:]),
+            "axes": [{"axis": a, "kl": None if self.kl is None else round(float(self.kl[a]), 4)} for a in self.order],
+            "map": {"points": np.round(self.plane.points, 4).tolist(), "labels": labels, "method": self.plane.method,
+                    "xlabel": self.plane.xlabel, "ylabel": self.plane.ylabel},
+            "gallery": [{"index": i, "image": png_uri(self.shown[i]), "label": None if labels is None else labels[i]}
+                        for i in range(min(GALLERY, len(self.x)))],
+        }
+
+    def decode(self, body: dict) -> dict:
+        label = self.label_of(body)
+        if ("z" in body) == ("point" in body):
+            raise RequestError("give either z (a latent point) or point (a place on the map), not both or neither")
+        if "z" in body:
+            return self.view(self.z_of(body), label)
+        point = body["point"]
+        if not isinstance(point, list) or len(point) != 2:
+            raise RequestError("point must be a list of 2 numbers (a place on the map)")
+        z = self.plane.to_latent(np.array(finite_numbers(point, "point"))[None])[0]
+        return self.view(torch.tensor(z, dtype=torch.float32, device=self.device), label)
+
+    def slide(self, body: dict) -> dict:
+        z, label = self.z_of(body), self.label_of(body)
+        axis = self.int_in(body, "axis", 0, self.num_axes - 1)
+        step = self.int_in(body, "step", 0, self.steps - 1)
+        with self.lock, torch.no_grad():
+            moved = self.model.traversal(z, self.steps)[axis, step]
+        return self.view(moved, label)
+
+    def image(self, body: dict) -> dict:
+        i = self.index_of(body, "index")
+        known = None if self.y is None else int(self.y[i])
+        label = known if self.model.num_classes and known is not None and known >= 0 else self.label_of(body)
+        x, y = self.x[i : i + 1], None if self.y is None else self.y[i : i + 1]
+        with self.lock, torch.no_grad():
+            z = self.model.encode(x, y)[0]
+            recon = self.model.reconstruct(x, y)[0]
+        return {**self.view(z, label), "index": i, "original": png_uri(self.shown[i]), "reconstruction": png_uri(recon)}
+
+    def interpolate(self, body: dict) -> dict:
+        a, b = self.index_of(body, "from"), self.index_of(body, "to")
+        label, steps = self.label_of(body), self.int_in(body, "steps", 2, 32, default=10)
+        ends = torch.tensor([a, b], device=self.device)
+        with self.lock, torch.no_grad():
+            za, zb = self.model.encode(self.x[ends], None if self.y is None else self.y[ends])
+            t = torch.linspace(0, 1, steps, device=self.device, dtype=za.dtype)[:, None]
+            images = self.model.decode(za + t * (zb - za), self._labels(label, steps))
+        row = torch.cat([self.shown[a : a + 1], images, self.shown[b : b + 1]])
+        return {"image": data_uri(plots.png_bytes(plots.image_grid(row, nrow=len(row), min_cell=1))),
+                "from": a, "to": b, "steps": steps}
+
+
+def finite_numbers(values: list, name: str) -> list[float]:
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise RequestError(f"{name} must hold numbers only")
+    if not all(math.isfinite(v) and abs(v) <= MAX_ABS for v in values):
+        raise RequestError(f"{name} must hold finite numbers of size at most {MAX_ABS:g}")
+    return [float(v) for v in values]
+
+
+def png_uri(image: torch.Tensor) -> str:
+    """A PNG data URI of one image (C, H, W) in [0, 1], at its own size (the page scales it up)."""
+    return data_uri(plots.png_bytes(plots.image_grid(image[None], nrow=1, pad=0, min_cell=1)))
+
+
+def page() -> bytes:
+    return resources.files("vaekit").joinpath("explore.html").read_bytes()
+
+
+class Handler(BaseHTTPRequestHandler):
+    explorer: Explorer  # set on the subclass make_server builds
+    protocol_version = "HTTP/1.1"  # keep-alive: a drag sends many requests
+    disable_nagle_algorithm = True  # else headers and body, written apart, wait ~40 ms for the client's delayed ACK
+    routes = {"/api/decode": Explorer.decode, "/api/slide": Explorer.slide, "/api/image": Explorer.image,
+              "/api/interpolate": Explorer.interpolate}
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per request would flood the terminal
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, doc: dict) -> None:
+        self._send(status, json.dumps(doc).encode())
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            title = html.escape(self.explorer.name).encode()
+            self._send(200, page().replace(b"{{TITLE}}", title), "text/html; charset=utf-8")
+        elif path == "/api/info":
+            self._json(200, self.explorer.info())
+        else:
+            self._json(404, {"error": f"no such page: {path}"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self.close_connection = True
+            return self._json(411, {"error": "the request needs a Content-Length"})
+        if length > MAX_BODY or length < 0:
+            self.close_connection = True
+            if 0 < length <= 64 * MAX_BODY:  # read it first, so the client hears the answer (not a broken pipe)
+                while length > 0 and (chunk := self.rfile.read(min(length, 1 << 16))):
+                    length -= len(chunk)
+            return self._json(413, {"error": f"the request body is larger than {MAX_BODY} bytes"})
+        raw = self.rfile.read(length)
+        route = self.routes.get(path)
+        if route is None:
+            return self._json(404, {"error": f"no such request: POST {path}"})
+        try:
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise RequestError(f"the request is not JSON: {e}") from None
+            if not isinstance(body, dict):
+                raise RequestError(f"the request must be a JSON object, got {type(body).__name__}")
+            self._json(200, route(self.explorer, body))
+        except (RequestError, VaekitError) as e:
+            self._json(400, {"error": str(e)})
+        except Exception as e:  # a bug: say so on the page and in the terminal, and keep serving
+            traceback.print_exc(file=sys.stderr)
+            self._json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stop does not wait for open keep-alive connections
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a browser tab closed mid-answer
+            return
+        super().handle_error(request, client_address)
+
+
+def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> Server:
+    """A server bound to host:port (0: a free port; see server.server_address), not yet serving."""
+    handler = type("ExplorerHandler", (Handler,), {"explorer": explorer})
+    try:
+        return Server((host, port), handler)
+    except OSError as e:
+        raise VaekitError(f"cannot serve on {host}:{port}: {e.strerror or e} (choose another --port or --host)") from None
+    except OverflowError:
+        raise VaekitError(f"--port must be in 0..65535, got {port}") from None
+
+
+def load_explorer(run: str | Path, device: str = "cpu") -> Explorer:
+    """The explorer of a run folder: its best model and its own test images (binarized as in training)."""
+    from .api import evaluation_data, load
+    from .data import test_targets
+
+    model = load(run, device)
+    split, data_cfg, mode = evaluation_data(run)
+    test = test_targets(split, data_cfg.split_seed, mode, next(iter(model.parameters())).device)
+    return Explorer(model, test.x, test.y, shown=split.to_float(), name=Path(run).resolve().name)
+
+
+def url_of(server: Server) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+
+
+__all__ = ["Explorer", "RequestError", "make_server", "load_explorer", "url_of"]

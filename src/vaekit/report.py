@@ -1,0 +1,337 @@
+"""report.html: one self-contained page about a run (images embedded as data URIs, nothing fetched).
+
+It holds the config; the numbers (the test evaluations `vaekit evaluate` recorded, the best epoch's
+validation terms); training curves of every logged term; samples (a row per class for a model that
+draws classes); reconstructions beside their originals; the 2-D map of the test codes; a grid decoded
+from a sweep over the map's plane; interpolations between pairs of test images; latent traversals,
+one row per axis of model.traversal(), ordered by the axis' KL. It knows the model only through the
+contract (models/base.py): encode, decode, sample, reconstruct, bounds' "kl_per_dim", traversal.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import checkpoint as ckpt
+from . import plots
+from .latent_map import LatentMap, latent_map
+
+REPORT = "report.html"
+MAP_IMAGES = 2000  # test images on the map (as latent.png)
+SWEEP_STEPS, TRAVERSAL_STEPS, INTERPOLATION_STEPS, PAIRS = 10, 9, 10, 6
+MAX_TRAVERSAL_ROWS = 32
+
+# The numbers of an evaluation shown first, in this order; every other number follows by name.
+HEADLINE = [("neg_elbo", "−ELBO"), ("recon", "reconstruction −E<sub>q</sub>[log p(x|z)]"), ("kl", "KL(q(z|x) ‖ p(z))"),
+            ("nll", "−log p(x), IWAE"), ("neg_elbo_bits_per_dim", "−ELBO, bits/dim"),
+            ("nll_bits_per_dim", "−log p(x), bits/dim"), ("active_units", "active units")]
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1em 2em; color: #222; }
+h1 { margin-bottom: 0.1em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+.sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; } td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img.pixels { image-rendering: pixelated; max-width: 100%; } img.plot { max-width: 100%; }
+figure { margin: 0.6em 0 1.2em; } figcaption { color: #555; font-size: 0.92em; margin-top: 0.3em; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; } .gallery figure { margin: 0; }
+details pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.note { background: #fff8e0; padding: 0.5em 0.8em; border-left: 3px solid #e0b000; }
+"""
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(png: bytes, alt: str, cls: str = "pixels", scale: int = 1) -> str:
+    width = ""
+    if scale > 1:  # pixel pictures drawn larger by the browser, crisp (image-rendering: pixelated)
+        width = f' width="{Image.open(io.BytesIO(png)).width * scale}"'
+    return f'<img class="{cls}" src="{data_uri(png)}" alt="{html.escape(alt)}"{width}>'
+
+
+def _figure(png: bytes, caption: str, cls: str = "pixels", scale: int | None = None) -> str:
+    """A picture with its caption; pixel pictures narrower than 500 px are drawn twice their size."""
+    if scale is None:
+        scale = 2 if cls == "pixels" and Image.open(io.BytesIO(png)).width < 500 else 1
+    return f"<figure>{_img(png, caption, cls, scale)}<figcaption>{caption}</figcaption></figure>"
+
+
+def _number(value, se=None) -> str:
+    if isinstance(value, bool) or value is None:
+        return "n/a" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value:.4f}" if abs(value) < 10 else f"{value:.3f}"
+    return text + (f" ± {se:.3f}" if isinstance(se, (int, float)) else "")
+
+
+def _cell(source: str, key: str, value, se=None) -> str:
+    exact = "" if not isinstance(value, (int, float)) or isinstance(value, bool) else f' data-value="{value!r}"'
+    return (f'<td class="num" data-source="{html.escape(source)}" data-key="{html.escape(key)}"{exact}>'
+            f"{_number(value, se)}</td>")
+
+
+# ---- the sections
+
+
+def config_section(run: Path) -> str:
+    doc = json.loads((run / ckpt.CONFIG).read_text())
+    rows = []
+    for part in ("data", "model", "train"):
+        for key, value in doc.get(part, {}).items():
+            rows.append(f"<tr><td>{part}</td><td>{html.escape(key)}</td><td>{html.escape(json.dumps(value))}</td></tr>")
+    return ("<h2>Config</h2><details><summary>config.json (vaekit " + html.escape(str(doc.get("vaekit_version")))
+            + ")</summary><table><tr><th></th><th>setting</th><th>value</th></tr>" + "".join(rows) + "</table></details>")
+
+
+def evaluation_table(name: str, result: dict) -> str:
+    source = f"evaluation:{name}"
+    rows = []
+    keys = [k for k, _ in HEADLINE]
+    for key, label in HEADLINE:
+        if key in result:
+            rows.append(f"<tr><td>{label}</td>{_cell(source, key, result[key], result.get(key + '_se'))}</tr>")
+    lists = []
+    for key, value in result.items():  # whatever else the model reported: conditional accuracy, label error, ...
+        if key in keys or key.endswith("_se") or key in ("dataset", "n_images", "iw_samples", "latent_dim"):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(f"<tr><td>{html.escape(key.replace('_', ' '))}</td>{_cell(source, key, value, result.get(key + '_se'))}</tr>")
+        elif isinstance(value, list):
+            lists.append(f"<tr><td>{html.escape(key.replace('_', ' '))}</td><td>"
+                         + " ".join(f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)) for v in value) + "</td></tr>")
+    title = (f"Test set of {html.escape(str(result.get('dataset', name)))}: {result.get('n_images')} images, "
+             f"K = {result.get('iw_samples')} importance samples; nats per image, ± a standard error")
+    return (f"<h3>{title}</h3><table><tr><th>term</th><th>value</th></tr>" + "".join(rows) + "</table>"
+            + (f"<table><tr><th>per dimension / class</th><th></th></tr>{''.join(lists)}</table>" if lists else ""))
+
+
+def validation_table(metrics: list[dict]) -> str:
+    scored = [m for m in metrics if isinstance(m.get("val_neg_elbo"), (int, float))]
+    if not scored:
+        return ""
+    best = min(scored, key=lambda m: m["val_neg_elbo"])
+    terms = sorted({k.split("_", 1)[1] for k in best if k.startswith(("train_", "val_"))} - {"seconds"},
+                   key=lambda t: (t != "neg_elbo", t))
+    rows = "".join(f"<tr><td>{html.escape(t.replace('_', ' '))}</td>{_cell('train', t, best.get('train_' + t))}"
+                   f"{_cell('val', t, best.get('val_' + t))}</tr>" for t in terms)
+    return (f"<h3>Training: the best epoch by validation −ELBO (epoch {best['epoch']} of {metrics[-1]['epoch']})</h3>"
+            f'<table data-epoch="{best["epoch"]}"><tr><th>term (one-sample, nats per image)</th><th>train</th>'
+            f"<th>validation</th></tr>{rows}</table>")
+
+
+def metrics_section(run: Path, metrics: list[dict]) -> str:
+    evaluations = ckpt.read_evaluations(run)
+    parts = ["<h2>Numbers</h2>"]
+    if evaluations:
+        parts += [evaluation_table(name, result) for name, result in evaluations.items()]
+    else:
+        parts.append(f'<p class="note">No test-set numbers yet: <code>vaekit evaluate {html.escape(str(run))}</code> '
+                     "adds the test −ELBO, the IWAE estimate of −log p(x) and the model's own numbers "
+                     "(conditional accuracy, label error) to this report.</p>")
+    parts.append(validation_table(metrics))
+    return "".join(parts)
+
+
+def curves_section(metrics: list[dict], curves: bytes | None = None) -> str:
+    """curves: the curves.png plots.run_pictures drew already (drawn here otherwise)."""
+    if not metrics:
+        return ""
+    curves = curves or plots.figure_png(plots.curves_plot(metrics))
+    parts = ["<h2>Training curves</h2>", _figure(curves, "every logged term, train and validation, per epoch", "plot")]
+    schedules = plots.schedules_plot(metrics)
+    if schedules is not None:
+        parts.append(_figure(plots.figure_png(schedules), "the schedules: learning rate, KL weight and the model's knobs",
+                             "plot"))
+    return "".join(parts)
+
+
+def _labels_for(model, y: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+    """The classes to decode n points with: y where known (class 0 where not); None for a model without classes."""
+    if not model.num_classes:
+        return None
+    if y is None:
+        return torch.zeros(n, dtype=torch.long, device=device)
+    return y.clamp(min=0)
+
+
+def map_section(model, plane: LatentMap, y: torch.Tensor | None) -> str:
+    how = {"raw": "the two latent dimensions themselves", "pca": "the first two principal components of the codes",
+           "tsne": "t-SNE of the codes"}[plane.method]
+    fig = plots.latent_plot(plane.points, y, plane.xlabel, plane.ylabel)
+    parts = ["<h2>Latent space</h2>", _figure(plots.figure_png(fig), f"posterior means E[z|x] of {len(plane.points)} "
+                                              f"test images, coloured by label: {how}", "plot")]
+    device = model_device(model)
+    z = torch.as_tensor(plane.sweep(SWEEP_STEPS), dtype=torch.float32, device=device)
+    plane_name = "the latent plane" if plane.method == "raw" else "the plane of the first two principal components"
+    caption = (f"decoded from a {SWEEP_STEPS}×{SWEEP_STEPS} sweep over {plane_name}, between the 2nd and 98th "
+               "percentiles of the test codes (left to right: axis 1; top to bottom: axis 2, falling)")
+    if model.num_classes:
+        figures = []
+        for c in range(model.num_classes):
+            grid = plots.image_grid(model.decode(z, torch.full((len(z),), c, device=device)), nrow=SWEEP_STEPS, min_cell=16)
+            figures.append(_figure(plots.png_bytes(grid), f"class {c}"))
+        parts.append(f'<p>{caption}, drawn as each class:</p><div class="gallery">{"".join(figures)}</div>')
+    else:
+        parts.append(_figure(plots.png_bytes(plots.image_grid(model.decode(z), nrow=SWEEP_STEPS)), caption))
+    return "".join(parts)
+
+
+def model_device(model) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def interpolation_pairs(y: torch.Tensor | None, n: int, count: int, same_class: bool) -> list[tuple[int, int]]:
+    """Pairs of test images: of one known class each (for a model that draws classes), else of different
+    labels where known; deterministic (the first images that fit)."""
+    pairs: list[tuple[int, int]] = []
+    used: set[int] = set()
+    labels = [-1] * n if y is None else y.tolist()
+    for i in range(n):
+        if i in used or (same_class and labels[i] < 0):
+            continue
+        for j in range(i + 1, n):
+            if j in used:
+                continue
+            fits = labels[j] == labels[i] if same_class else (labels[i] < 0 or labels[j] != labels[i])
+            if fits:
+                pairs.append((i, j))
+                used |= {i, j}
+                break
+        if len(pairs) == count:
+            break
+    return pairs
+
+
+def reconstruction_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor, n: int = 16) -> str:
+    """Groups of rows: the test images, as the model sees them if that differs (binarized), reconstructions."""
+    x, shown, y = x[:n], shown[:n], None if y is None else y[:n]
+    recon = model.reconstruct(x, y)
+    parts = [shown, x, recon] if not torch.equal(shown, x) else [shown, recon]
+    per_row, rows = 8, []
+    for start in range(0, len(x), per_row):
+        rows += [p[start : start + per_row] for p in parts]
+    grid = plots.png_bytes(plots.image_grid(torch.cat(rows), nrow=per_row))
+    what = ("test images, the same binarized (as the model sees them), and their reconstructions E[x|z = E[z|x]]"
+            if len(parts) == 3 else "test images above their reconstructions E[x|z = E[z|x]]")
+    return "<h2>Reconstructions</h2>" + _figure(grid, f"groups of {len(parts)} rows: {what}")
+
+
+def interpolation_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor) -> str:
+    pairs = interpolation_pairs(y, min(len(x), 200), PAIRS, same_class=bool(model.num_classes))
+    if not pairs:
+        return ""
+    a, b = (torch.tensor(p, device=x.device) for p in zip(*pairs))
+    ya, yb = (None if y is None else y[a]), (None if y is None else y[b])
+    za, zb = model.encode(x[a], ya), model.encode(x[b], yb)
+    t = torch.linspace(0, 1, INTERPOLATION_STEPS, device=x.device, dtype=za.dtype)
+    z = za[:, None] + t[None, :, None] * (zb - za)[:, None]  # (P, S, D)
+    labels = _labels_for(model, ya, len(pairs), x.device)
+    images = model.decode(z.flatten(0, 1), None if labels is None else labels.repeat_interleave(INTERPOLATION_STEPS))
+    rows = torch.cat([shown[a][:, None], images.view(len(pairs), INTERPOLATION_STEPS, *x.shape[1:]), shown[b][:, None]],
+                     dim=1)
+    grid = plots.image_grid(rows.flatten(0, 1), nrow=INTERPOLATION_STEPS + 2)
+    how = " (pairs of one class, decoded as that class)" if model.num_classes else ""
+    return ("<h2>Interpolations</h2>" + _figure(plots.png_bytes(grid), "each row: a test image, its code E[z|x] moved "
+            f"in {INTERPOLATION_STEPS} even steps to another's, decoded, and the other image{how}"))
+
+
+def axis_kl(model, x: torch.Tensor, y: torch.Tensor | None, axes: int) -> np.ndarray | None:
+    """The mean KL of each latent axis over test images (bounds' "kl_per_dim"), or None if the model has none."""
+    n = min(len(x), 500)
+    terms = model.bounds(x[:n], None if y is None else y[:n], num_samples=1, chunk=1)
+    kl = terms.get("kl_per_dim")
+    if kl is None or kl.dim() != 2 or kl.shape[1] != axes:
+        return None
+    return kl.double().mean(0).cpu().numpy()
+
+
+def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor) -> str:
+    z0 = model.encode(x[:1], None if y is None else y[:1])[0]
+    walk = model.traversal(z0, TRAVERSAL_STEPS)  # (A, S, D)
+    kl = axis_kl(model, x, y, walk.shape[0])
+    order = np.argsort(-kl, kind="stable") if kl is not None else np.arange(walk.shape[0])
+    rows = order[:MAX_TRAVERSAL_ROWS]
+    labels = _labels_for(model, None if y is None else y[:1], 1, x.device)
+    flat = walk[torch.as_tensor(rows.copy(), device=walk.device)].flatten(0, 1)
+    images = model.decode(flat, None if labels is None else labels.expand(len(flat)))
+    images = images.view(len(rows), walk.shape[1], *x.shape[1:])
+    table = []
+    for row, axis in zip(images, rows):
+        strip = plots.png_bytes(plots.image_grid(row, nrow=walk.shape[1]))
+        kl_text = f"{kl[axis]:.3f}" if kl is not None else "n/a"
+        table.append(f'<tr><td>axis {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}", scale=2)}</td></tr>')
+    original = plots.png_bytes(plots.image_grid(shown[:1], nrow=1))
+    more = f" (the {MAX_TRAVERSAL_ROWS} of most KL)" if walk.shape[0] > MAX_TRAVERSAL_ROWS else ""
+    return ("<h2>Latent traversals</h2><p>Starting from the code of the test image "
+            f"{_img(original, 'the first test image')}, each row walks one latent axis{more} over its range "
+            "(a Gaussian dimension over quantiles of its prior, a categorical variable over its categories), "
+            "the others kept; rows ordered by the axis' mean KL on test images (nats).</p>"
+            f"<table><tr><th>axis</th><th>KL</th><th>decoded</th></tr>{''.join(table)}</table>")
+
+
+# ---- the page
+
+
+def build_report(run: Path, model, test, method: str = "auto", pictures: dict[str, bytes] | None = None,
+                 seed: int = 0, shown: torch.Tensor | None = None) -> str:
+    """The HTML of a run's report; test: DeviceData (the test images as the model sees them); shown: the
+    same images as people see them (grey levels; default test.x); pictures: PNGs already drawn by
+    plots.run_pictures (reused, not drawn again)."""
+    run = Path(run)
+    pictures = pictures or {}
+    metrics = ckpt.read_metrics(run)
+    data_cfg, model_cfg, _ = ckpt.read_config(run)
+    x, y = test.x[:MAP_IMAGES], None if test.y is None else test.y[:MAP_IMAGES]
+    shown = x if shown is None else shown[:MAP_IMAGES].to(x.device)
+    sections = [config_section(run), metrics_section(run, metrics)]
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        torch.manual_seed(seed)
+        sections.append(curves_section(metrics, pictures.get("curves.png")))
+        samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model))
+        sections.append("<h2>Samples</h2>" + _figure(samples, "E[x|z], z drawn from the prior" + (
+            " (of the class), one row per class" if model.num_classes else "")))
+        sections.append(reconstruction_section(model, x, y, shown))
+        plane = latent_map(model.encode(x, y).cpu().numpy(), method, seed)
+        sections.append(map_section(model, plane, y))
+        sections.append(interpolation_section(model, x, y, shown))
+        sections.append(traversal_section(model, x, y, shown))
+    title = f"vaekit run {run.resolve().name}"
+    trained = f"{metrics[-1]['epoch']} epochs" if metrics else "not trained"
+    subtitle = (f"--model {html.escape(model_cfg.model)} on {html.escape(data_cfg.dataset)}, latent dimension "
+                f"{model_cfg.latent_dim}, {trained}; written {time.strftime('%Y-%m-%d %H:%M')} by "
+                f"<code>vaekit report</code>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<link rel="icon" href="data:,"><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>'
+            f'<p class="sub">{subtitle}</p>{"".join(sections)}</body></html>\n')
+
+
+def write_report(run: str | Path, *, method: str = "auto", model=None, test=None, shown: torch.Tensor | None = None,
+                 pictures: dict[str, bytes] | None = None) -> Path:
+    """Write RUN/report.html (atomically); the model and test images are loaded from the run unless given
+    (test: DeviceData as the model sees them, shown: as people do; see build_report)."""
+    run = Path(run)
+    data_cfg, _, _ = ckpt.read_config(run)
+    if model is None:
+        model = ckpt.load_model(run, "cpu")
+    if test is None:
+        from .api import evaluation_data
+        from .data import test_targets
+
+        split, data_cfg, mode = evaluation_data(run)
+        test = test_targets(split, data_cfg.split_seed, mode, model_device(model))
+        shown = split.to_float()
+    page = build_report(run, model, test, method, pictures, seed=data_cfg.split_seed, shown=shown)
+    ckpt.atomic_write(run / REPORT, page.encode())
+    return run / REPORT
