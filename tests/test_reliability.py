@@ -302,7 +302,7 @@ def edit_config(run: Path, edit) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(vaekit_version="9.0.0"), r"written by vaekit 9\.0\.0, this is"),
     (lambda d: d.pop("vaekit_version"), "written by vaekit None"),
-    (lambda d: d["model"].update(flow_layers=4), r"ModelConfig has no field\(s\) \['flow_layers'\]"),
+    (lambda d: d["model"].update(flow_layers=4), r"VAEConfig has no field\(s\) \['flow_layers'\]"),
     (lambda d: d["train"].update(scheduler="plateau"), r"TrainConfig has no field\(s\) \['scheduler'\]"),
     (lambda d: d.pop("data"), "not a valid vaekit config"),
 ])
@@ -345,7 +345,12 @@ def test_config_field_of_the_wrong_type_is_a_clear_error(tiny_run, tmp_path):
 def test_a_run_trained_with_another_model_type_keeps_its_own(tiny_run, tmp_path, capsys):
     """config.json says what the weights are: a conditional config over unconditional weights is refused."""
     run = copy_run(tiny_run, tmp_path / "run")
-    edit_config(run, lambda d: d["model"].update(model="cvae", num_classes=10))
+    def to_cvae(d: dict) -> None:  # a CVAE config (without the VAE's own fields) over the VAE's weights
+        d["model"].update(model="cvae", num_classes=10)
+        for name in ("prior", "prior_components", "train_samples"):
+            d["model"].pop(name, None)
+
+    edit_config(run, to_cvae)
     with pytest.raises(VaekitError, match="does not match the model in config.json"):
         vaekit.load(run)
     code, err = cli(capsys, "sample", run, "--out", tmp_path / "s.png")

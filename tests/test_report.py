@@ -53,7 +53,10 @@ def numbers(page: Page) -> dict[tuple[str, str], float]:
 
 @pytest.fixture
 def run(digits_run, tmp_path):
-    return Path(shutil.copytree(digits_run, tmp_path / "run"))
+    """A copy of the shared run, without the evaluations other tests may have added to it."""
+    copy = Path(shutil.copytree(digits_run, tmp_path / "run"))
+    (copy / "evaluation.json").unlink(missing_ok=True)
+    return copy
 
 
 def test_train_writes_a_self_contained_report(digits_run):
