@@ -4,6 +4,7 @@ The page in a real browser is tested in test_browser.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,27 +20,28 @@ import pytest
 from vaekit.explore import load_explorer, make_server, url_of
 
 
-def serve(run):
-    """An explorer of run on a free port, serving in a thread; returns (url, server)."""
+@contextlib.contextmanager
+def serving(run):
+    """An explorer of run on a free port, serving in a thread: yields (url, server), then stops it."""
     server = make_server(load_explorer(run), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return url_of(server), server
+    try:
+        yield url_of(server), server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
 def vae_url(digits_run):
-    url, server = serve(digits_run)
-    yield url
-    server.shutdown()
-    server.server_close()
+    with serving(digits_run) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")
 def cvae_url(cvae_run):
-    url, server = serve(cvae_run)
-    yield url
-    server.shutdown()
-    server.server_close()
+    with serving(cvae_run) as (url, _):
+        yield url
 
 
 def call(url: str, path: str, body=None) -> tuple[int, dict]:
@@ -163,11 +165,7 @@ def test_explore_mistakes_are_one_line(digits_run, tmp_path, capsys):
     assert main(["explore", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
-    url, server = serve(digits_run)  # a port that is taken
-    try:
+    with serving(digits_run) as (_, server):  # a port that is taken
         assert main(["explore", str(digits_run), "--port", str(server.server_address[1])]) == 2
         err = capsys.readouterr().err
         assert "cannot serve on 127.0.0.1" in err and len(err.strip().splitlines()) == 1, err
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -39,7 +39,8 @@ from . import plots
 from .errors import VaekitError
 from .latent_map import LatentMap, latent_map
 from .models.base import class_labels
-from .report import axis_kl, data_uri
+from .plots import axis_kl
+from .report import data_uri
 
 MAP_IMAGES, GALLERY, STEPS = 2000, 48, 9
 MAX_BODY, MAX_ABS = 1 << 20, 1e4  # bytes of a request; the largest |z_d| or map coordinate accepted

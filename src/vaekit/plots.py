@@ -98,17 +98,27 @@ def analogy_grid(model, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> Image.I
     return image_grid(rows.flatten(0, 1), nrow=rows.shape[1])
 
 
+def axis_kl(model, x: torch.Tensor, y: torch.Tensor | None, axes: int) -> np.ndarray | None:
+    """The mean KL of each latent axis over test images (bounds' "kl_per_dim"), or None if the model has none."""
+    n = min(len(x), 500)
+    terms = model.bounds(x[:n], None if y is None else y[:n], num_samples=1, chunk=1)
+    kl = terms.get("kl_per_dim")
+    if kl is None or kl.dim() != 2 or kl.shape[1] != axes:
+        return None
+    return kl.double().mean(0).cpu().numpy()
+
+
 def traversal_grid(model, x: torch.Tensor, y: torch.Tensor | None, steps: int = 9, max_rows: int = 16) -> Image.Image:
     """A test image's code walked along each latent axis (model.traversal), one row per axis, the axes
-    with the most KL over the images x first (at most max_rows). A model that draws classes decodes
-    every row as that image's class (the first image with a known label)."""
-    kl = model.bounds(x[:256], None if y is None else y[:256], num_samples=1, chunk=1).get("kl_per_dim")
+    with the most KL over the images x first (axis_kl; at most max_rows). A model that draws classes
+    decodes every row as that image's class (the first image with a known label)."""
     known = [] if y is None else (y >= 0).nonzero()[:, 0].tolist()
     i = known[0] if known else 0
     z = model.encode(x[i : i + 1], None if y is None else y[i : i + 1])[0]
     walk = model.traversal(z, steps)  # (A, S, D)
-    order = kl.mean(0).argsort(descending=True) if kl is not None else torch.arange(len(walk))
-    walk = walk[order[:max_rows].to(walk.device)]
+    kl = axis_kl(model, x, y, len(walk))
+    order = np.argsort(-kl, kind="stable") if kl is not None else np.arange(len(walk))
+    walk = walk[torch.as_tensor(order[:max_rows].copy(), device=walk.device)]
     label = (int(y[i]) if known else 0) if model.num_classes else None
     return image_grid(model.decode(walk.flatten(0, 1), label), nrow=walk.shape[1])
 

@@ -247,20 +247,10 @@ def interpolation_section(model, x: torch.Tensor, y: torch.Tensor | None, shown:
             f"in {INTERPOLATION_STEPS} even steps to another's, decoded, and the other image{how}"))
 
 
-def axis_kl(model, x: torch.Tensor, y: torch.Tensor | None, axes: int) -> np.ndarray | None:
-    """The mean KL of each latent axis over test images (bounds' "kl_per_dim"), or None if the model has none."""
-    n = min(len(x), 500)
-    terms = model.bounds(x[:n], None if y is None else y[:n], num_samples=1, chunk=1)
-    kl = terms.get("kl_per_dim")
-    if kl is None or kl.dim() != 2 or kl.shape[1] != axes:
-        return None
-    return kl.double().mean(0).cpu().numpy()
-
-
 def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor) -> str:
     z0 = model.encode(x[:1], None if y is None else y[:1])[0]
     walk = model.traversal(z0, TRAVERSAL_STEPS)  # (A, S, D)
-    kl = axis_kl(model, x, y, walk.shape[0])
+    kl = plots.axis_kl(model, x, y, walk.shape[0])
     order = np.argsort(-kl, kind="stable") if kl is not None else np.arange(walk.shape[0])
     rows = order[:MAX_TRAVERSAL_ROWS]
     labels = _labels_for(model, None if y is None else y[:1], 1, x.device)

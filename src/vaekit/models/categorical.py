@@ -40,7 +40,7 @@ from torch.distributions import Categorical, Independent
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from ..config import ModelConfig, _opt
-from ..distributions import bernoulli_likelihood, gaussian_likelihood, likelihood_mean
+from ..distributions import likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_classifier, make_decoder
 from ..objectives import iwae_bound
@@ -103,7 +103,7 @@ class CategoricalVAE(nn.Module):
     def likelihood(self, z: torch.Tensor) -> Independent:
         """z: (B, G*K) one-hot codes (or relaxed ones)."""
         out = self.decoder(z)
-        return bernoulli_likelihood(out) if self.cfg.likelihood == "bernoulli" else gaussian_likelihood(out, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
 
     def _onehot(self, index: torch.Tensor) -> torch.Tensor:
         """Category indices (..., G) -> flat one-hot codes (..., G*K)."""

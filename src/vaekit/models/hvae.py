@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, kl_divergence
 
 from ..config import ModelConfig, _opt
-from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
+from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_encoder, make_networks
 from ..objectives import iwae_bound, latent_kl
@@ -79,7 +79,7 @@ class HVAE(nn.Module):
 
     def likelihood(self, z1: torch.Tensor, z2: torch.Tensor) -> Independent:
         out = self.decoder(z1, z2)
-        return bernoulli_likelihood(out) if self.cfg.likelihood == "bernoulli" else gaussian_likelihood(out, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
 
     # ---- objective
     def forward(

@@ -41,7 +41,7 @@ from torch import nn
 from torch.distributions import Independent, kl_divergence
 
 from ..config import ModelConfig, _opt
-from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
+from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_classifier, make_networks
 from ..objectives import gaussian_latent_bounds
@@ -91,7 +91,7 @@ class M2(nn.Module):
 
     def likelihood(self, z: torch.Tensor, y: torch.Tensor) -> Independent:
         out = self.decoder(z, self._onehot(y))
-        return bernoulli_likelihood(out) if self.cfg.likelihood == "bernoulli" else gaussian_likelihood(out, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
 
     def _onehot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.cfg.num_classes).to(self.prior_loc.dtype)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent
 
 from ..config import ModelConfig, _opt
-from ..distributions import bernoulli_likelihood, diagonal_gaussian, gaussian_likelihood, likelihood_mean
+from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_networks
 from ..objectives import elbo, gaussian_latent_bounds, iwae_objective
@@ -75,9 +75,7 @@ class VAE(nn.Module):
 
     def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
         out = self.decoder(z, self.condition(c))  # (B, C, H, W)
-        if self.cfg.likelihood == "bernoulli":
-            return bernoulli_likelihood(out)
-        return gaussian_likelihood(out, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
 
     # ---- objective
     def forward(
