@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Bernoulli, Independent, Normal
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Independent, Normal, register_kl
 
 
 def diagonal_gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
@@ -19,10 +20,32 @@ def diagonal_gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
     return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
 
 
-def standard_normal(latent_dim: int, device: torch.device | str = "cpu") -> Independent:
-    """p(z) = N(0, I) over (D,)."""
-    zeros = torch.zeros(latent_dim, device=device)
-    return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1, validate_args=False)
+class UnitNormal(Normal):
+    """N(0, 1) per dimension: a Normal whose KL from another Normal takes the short closed form."""
+
+
+@register_kl(Normal, UnitNormal)
+def _kl_normal_unit(q: Normal, p: UnitNormal) -> torch.Tensor:
+    """KL(N(m, s^2) || N(0, 1)) = (m^2 + s^2 - 1) / 2 - log s, elementwise (fewer operations than the
+    general Normal-Normal form, which divides by and subtracts the prior's 1 and 0)."""
+    return 0.5 * (q.loc.square() + q.scale.square() - 1) - q.scale.log()
+
+
+def standard_normal(latent_dim: int, device: torch.device | str = "cpu",
+                    zeros: torch.Tensor | None = None, ones: torch.Tensor | None = None) -> Independent:
+    """p(z) = N(0, I) over (D,) (on given zeros and ones, e.g. a module's buffers, to allocate nothing)."""
+    zeros = torch.zeros(latent_dim, device=device) if zeros is None else zeros
+    ones = torch.ones_like(zeros) if ones is None else ones
+    return Independent(UnitNormal(zeros, ones, validate_args=False), 1, validate_args=False)
+
+
+class PixelBernoulli(Bernoulli):
+    """Bernoulli(sigmoid(logits)) whose log_prob of targets shaped like the logits skips the broadcast."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if value.shape != self.logits.shape:
+            return super().log_prob(value)
+        return -F.binary_cross_entropy_with_logits(self.logits, value, reduction="none")
 
 
 def bernoulli_likelihood(logits: torch.Tensor) -> Independent:
@@ -30,7 +53,7 @@ def bernoulli_likelihood(logits: torch.Tensor) -> Independent:
 
     logits: (B, C, H, W). Defined on logits for numerical stability (never sigmoid-then-BCE).
     """
-    return Independent(Bernoulli(logits=logits, validate_args=False), 3, validate_args=False)
+    return Independent(PixelBernoulli(logits=logits, validate_args=False), 3, validate_args=False)
 
 
 def gaussian_likelihood(loc: torch.Tensor, sigma: float) -> Independent:

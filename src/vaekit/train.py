@@ -63,12 +63,13 @@ def train_step(
     knobs: dict, autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, torch.Tensor]:
     """One Adam step on a batch x: (B, C, H, W), labels y; returns the model's per-example terms and
-    the gradient norm, detached and not synchronised (reading them is the caller's choice)."""
+    the parameters' gradient norms (P,), detached and not synchronised (reading them is the caller's choice)."""
     with autocast or contextlib.nullcontext():
         terms = model(x, y, **knobs)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # measured, not clipped
+    # each parameter's gradient norm (P,), so that a non-finite gradient is seen; measured, not clipped
+    grad_norm = torch.stack(torch._foreach_norm([p.grad for p in model.parameters() if p.grad is not None]))
     optimizer.step()
     return {**{k: v.detach() for k, v in terms.items() if k != "loss"}, "grad_norm": grad_norm}
 
@@ -76,44 +77,68 @@ def train_step(
 @dataclass
 class TermSums:
     """A sum and a count per logged key (a term of the labelled images only averages over those).
-    Counts are Python ints (a tensor's length needs no device sync), so a step adds one number per key."""
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> 0-d float64 sum
+    A step costs one stacked row of batch sums; the rows are folded into the float64 sums only when
+    they are read (a checkpoint, the epoch's end), by a sequential cumulative sum on the CPU: the same
+    additions in the same order as adding step by step, so a resumed epoch sums exactly as an
+    uninterrupted one. Counts are Python ints (a tensor's length needs no device sync)."""
+
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> 0-d float64 sum (CPU)
     counts: dict[str, int] = field(default_factory=dict)
+    rows: list[torch.Tensor] = field(default_factory=list)  # steps not yet folded: (K,) batch sums of `keys`
+    keys: list[str] = field(default_factory=list)
 
-    def add(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Add a step's per-example terms; returns their batch sums (K,) in sorted key order."""
+    @staticmethod
+    def batch_sums(terms: dict[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
+        """(sorted keys, (K,) float32 sums over the batch)."""
         keys = sorted(terms)
-        step = torch.stack([terms[k].float().sum() for k in keys]).double()
-        for k, total in zip(keys, step):
-            if k in self.sums:
-                self.sums[k] += total
-            else:
-                self.sums[k] = total.clone()
-            self.counts[k] = self.counts.get(k, 0) + terms[k].numel()
-        return step
+        if len({terms[k].shape for k in keys}) == 1:  # one reduction for all (a term of some images differs)
+            return keys, torch.stack([terms[k].float() for k in keys]).sum(1)
+        return keys, torch.stack([terms[k].float().sum() for k in keys])
 
-    def table(self) -> tuple[list[str], torch.Tensor | None]:
+    def add(self, terms: dict[str, torch.Tensor], sums: torch.Tensor | None = None) -> None:
+        """Add a step's per-example terms (or their batch_sums, already taken)."""
+        keys = sorted(terms)
+        if sums is None:
+            sums = self.batch_sums(terms)[1]
+        if keys != self.keys:
+            self.fold()
+            self.keys = keys
+        self.rows.append(sums)
+        for k in keys:
+            self.counts[k] = self.counts.get(k, 0) + terms[k].numel()
+
+    def fold(self) -> None:
+        if not self.rows:
+            return
+        rows = torch.stack(self.rows).double().cpu()  # (S, K)
+        start = torch.stack([self.sums.get(k, rows.new_zeros(())).cpu() for k in self.keys])
+        for k, total in zip(self.keys, torch.cat([start[None], rows]).cumsum(0)[-1]):
+            self.sums[k] = total
+        self.rows = []
+
+    def table(self, device: torch.device | str = "cpu") -> tuple[list[str], torch.Tensor | None]:
         """(sorted keys, (K, 2) float64 rows of sum and count): what is all-reduced and checkpointed."""
+        self.fold()
         keys = sorted(self.sums)
         if not keys:
             return keys, None
         return keys, torch.stack([torch.stack([self.sums[k], self.sums[k].new_tensor(float(self.counts[k]))])
-                                  for k in keys])
+                                  for k in keys]).to(device)
 
     @classmethod
     def from_table(cls, keys: list[str], rows: torch.Tensor) -> TermSums:
-        return cls({k: row[0].clone() for k, row in zip(keys, rows)}, {k: int(row[1]) for k, row in zip(keys, rows)})
+        return cls({k: row[0].cpu().clone() for k, row in zip(keys, rows)}, {k: int(row[1]) for k, row in zip(keys, rows)})
 
     def means(self, group: distributed.Group) -> dict[str, float | None]:
         """Every key's mean over all ranks (None where no example had it)."""
-        keys, rows = self.table()
+        keys, rows = self.table(group.device)
         if rows is None:
             return {}
         return {k: (float(s / c) if c else None) for k, (s, c) in zip(keys, group.sum(rows).tolist())}
 
     def clear(self) -> None:
-        self.sums, self.counts = {}, {}
+        self.sums, self.counts, self.rows, self.keys = {}, {}, [], []
 
 
 @torch.no_grad()
@@ -269,7 +294,7 @@ class TrainState:
         if t.group.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(t.group.device)
         states = t.group.gather_objects(rng)
-        keys, rows = self.sums.table()
+        keys, rows = self.sums.table(t.group.device)
         partial = t.group.sum(rows) if rows is not None else []
         if t.group.is_main:
             extra = {f"rng.{r}.{k}": v for r, s in enumerate(states) for k, v in s.items()}
@@ -337,6 +362,8 @@ def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out:
     # Polyak averaging: validation, best weights and pictures use the average of the trajectory.
     averaged = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else model
     train_data = training_targets(dataset.train, mode, data_cfg.split_seed + 1, device)
+    if cls.labels == "none":  # no label gather per step for a model that ignores them
+        train_data = replace(train_data, y=None)
     val_data = fixed_targets(dataset.val, mode, data_cfg.split_seed + VAL_SEED_OFFSET, device)
     return Training(data_cfg, model_cfg, cfg, out, group, dataset, mode, model, averaged, optimizer,
                     train_data, val_data, plan)
@@ -466,7 +493,7 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
     start, first, last_save, signum = time.perf_counter(), state.batch, time.monotonic(), 0
     device, group, cfg = t.group.device, t.group, t.cfg
     batches = t.plan.batches(state.epoch + 1, device)
-    history: list[torch.Tensor] = []  # per step: the terms' batch sums and the gradient norm
+    history: tuple[list, list] = ([], [])  # per step: the terms' batch sums (K,), the gradient norms (P,)
     keys: list[str] = []
     while state.batch < t.plan.steps:
         for g in t.optimizer.param_groups:
@@ -476,7 +503,8 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
         if cfg.compile:  # tensors: no recompile per value
             knobs = {k: torch.tensor(v, device=device) for k, v in knobs.items()}
         knobs["free_bits"] = cfg.free_bits
-        x, y = t.train_data.batch(batches[state.batch][group.rank :: group.world])
+        idx = batches[state.batch]
+        x, y = t.train_data.batch(idx[group.rank :: group.world] if group.active else idx)
         terms = train_step(forward, t.optimizer, x, y, knobs, autocast)
         if t.averaged is not t.model:  # decay warms up so that short runs average little
             decay = min(cfg.ema, (1 + state.step) / (10 + state.step))
@@ -486,8 +514,10 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
                 for b_avg, b in zip(t.averaged.buffers(), t.model.buffers()):  # running statistics: the latest
                     b_avg.copy_(b)
         grad_norm = terms.pop("grad_norm")
-        keys = sorted(terms)
-        history.append(torch.cat([state.sums.add(terms), grad_norm.double()[None]]))
+        keys, sums = TermSums.batch_sums(terms)
+        state.sums.add(terms, sums)
+        history[0].append(sums)
+        history[1].append(grad_norm)
         state.batch, state.step = state.batch + 1, state.step + 1
         bar.update(1)
         due = time.monotonic() - last_save > 60 * cfg.checkpoint_every
@@ -508,8 +538,11 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
     return signum, timing
 
 
-def check_finite(history: list[torch.Tensor], keys: list[str], state: TrainState, first: int, out: Path) -> None:
-    if history and not torch.isfinite(rows := torch.stack(history)).all():
+def check_finite(history: tuple[list, list], keys: list[str], state: TrainState, first: int, out: Path) -> None:
+    if not history[0]:
+        return
+    grad_norm = torch.linalg.vector_norm(torch.stack(history[1]).float(), dim=1, keepdim=True)  # (S, 1)
+    if not torch.isfinite(rows := torch.cat([torch.stack(history[0]), grad_norm], 1)).all():
         raise _non_finite(rows, keys, state.epoch + 1, state.step - (state.batch - first), out)
 
 
