@@ -212,6 +212,29 @@ def test_nan_mid_run_keeps_the_last_good_checkpoint(reference_2_epochs, tmp_path
     assert same_weights(run, reference_2_epochs) and epochs(run) == [1, 2]
 
 
+def test_a_non_finite_update_is_named_as_a_gradient_and_never_checkpointed(tmp_path, capsys, monkeypatch):
+    """A step whose terms are finite but whose update leaves a weight NaN (a non-finite gradient): the
+    check before the next checkpoint names that step, and the checkpoint before it stays finite."""
+    real_step, calls = training.train_step, [0]
+
+    def poisoned(model, optimizer, x, *args, **kwargs):
+        calls[0] += 1
+        terms = real_step(model, optimizer, x, *args, **kwargs)
+        if calls[0] == 30:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("nan")
+        return terms
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(training, "train_step", poisoned)
+    code, err = cli(capsys, "train", *TINY_ARGS, "--epochs", "2", "--checkpoint-every", "0", "--out", run)
+    assert_one_line_error(code, err, NON_FINITE)
+    assert re.search(NON_FINITE, err).groups() == ("a gradient", "2", "30")
+    assert checkpoint_step(run) == 29
+    tensors, _ = load_tensors(run / "last.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith(("model.", "best.", "optim.")))
+
+
 # ---------------------------------------------------------------------------------------------
 # Damaged weights: vaekit.load raises VaekitError, never anything else
 

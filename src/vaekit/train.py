@@ -62,16 +62,14 @@ def train_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor | None,
     knobs: dict, autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One Adam step on a batch x: (B, C, H, W), labels y; returns the model's per-example terms and
-    the parameters' gradient norms (P,), detached and not synchronised (reading them is the caller's choice)."""
+    """One Adam step on a batch x: (B, C, H, W), labels y; returns the model's per-example terms,
+    detached and not synchronised (reading them is the caller's choice)."""
     with autocast or contextlib.nullcontext():
         terms = model(x, y, **knobs)
     optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
-    # each parameter's gradient norm (P,), so that a non-finite gradient is seen; measured, not clipped
-    grad_norm = torch.stack(torch._foreach_norm([p.grad for p in model.parameters() if p.grad is not None]))
     optimizer.step()
-    return {**{k: v.detach() for k, v in terms.items() if k != "loss"}, "grad_norm": grad_norm}
+    return {k: v.detach() for k, v in terms.items() if k != "loss"}
 
 
 @dataclass
@@ -228,7 +226,8 @@ def _interrupted(signum: int, epoch: int, step: int, out: Path) -> Interrupted:
 
 
 def _non_finite(history: torch.Tensor, keys: list[str], epoch: int, first_step: int, out: Path) -> VaekitError:
-    """Name the first step and term that went non-finite; history rows: the step's term sums, grad norm."""
+    """Name the first step and term that went non-finite; history rows: the step's term sums, and a
+    column past them that is non-finite where a step's update (its gradient) made a weight non-finite."""
     row = int((~torch.isfinite(history)).nonzero()[0, 0])
     bad = [("a gradient" if col == len(keys) else keys[col]) for col in (~torch.isfinite(history[row])).nonzero()[:, 0].tolist()]
     names = [b for b in bad if b != "a gradient"]
@@ -493,7 +492,7 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
     start, first, last_save, signum = time.perf_counter(), state.batch, time.monotonic(), 0
     device, group, cfg = t.group.device, t.group, t.cfg
     batches = t.plan.batches(state.epoch + 1, device)
-    history: tuple[list, list] = ([], [])  # per step: the terms' batch sums (K,), the gradient norms (P,)
+    history: list[torch.Tensor] = []  # per step: the terms' batch sums (K,)
     keys: list[str] = []
     while state.batch < t.plan.steps:
         for g in t.optimizer.param_groups:
@@ -513,11 +512,9 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
                     p_avg.lerp_(p, 1 - decay)
                 for b_avg, b in zip(t.averaged.buffers(), t.model.buffers()):  # running statistics: the latest
                     b_avg.copy_(b)
-        grad_norm = terms.pop("grad_norm")
         keys, sums = TermSums.batch_sums(terms)
         state.sums.add(terms, sums)
-        history[0].append(sums)
-        history[1].append(grad_norm)
+        history.append(sums)
         state.batch, state.step = state.batch + 1, state.step + 1
         bar.update(1)
         due = time.monotonic() - last_save > 60 * cfg.checkpoint_every
@@ -525,12 +522,12 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
         if group.active:  # every rank must checkpoint and stop at the same step
             signum, due = (int(v) for v in group.max(torch.tensor([signum, due], device=device)))
         if (signum or due) and state.batch < t.plan.steps:
-            check_finite(history, keys, state, first, t.out)
+            check_finite(t, history, keys, state, first)
             state.save(t)
             last_save = time.monotonic()
         if signum and state.batch < t.plan.steps:  # stopped mid-epoch, checkpoint written
             raise _interrupted(signum, state.epoch + 1, state.step, t.out)
-    check_finite(history, keys, state, first, t.out)
+    check_finite(t, history, keys, state, first)
     seconds = time.perf_counter() - start
     examples = t.plan.examples_per_epoch * (t.plan.steps - first) / t.plan.steps
     timing = {"knobs": {k: float(v) for k, v in knobs.items() if k != "free_bits"}, "lr": t.optimizer.param_groups[0]["lr"],
@@ -538,12 +535,20 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
     return signum, timing
 
 
-def check_finite(history: tuple[list, list], keys: list[str], state: TrainState, first: int, out: Path) -> None:
-    if not history[0]:
+def check_finite(t: Training, history: list[torch.Tensor], keys: list[str], state: TrainState, first: int) -> None:
+    """Before a checkpoint and at the epoch's end: the terms of the steps since `first`, then the weights.
+    A non-finite gradient shows in the weights first (its step still logged finite terms), so the check
+    costs nothing per step and no checkpoint ever holds a non-finite weight."""
+    if not history:
         return
-    grad_norm = torch.linalg.vector_norm(torch.stack(history[1]).float(), dim=1, keepdim=True)  # (S, 1)
-    if not torch.isfinite(rows := torch.cat([torch.stack(history[0]), grad_norm], 1)).all():
-        raise _non_finite(rows, keys, state.epoch + 1, state.step - (state.batch - first), out)
+    rows = torch.stack(history)  # (S, K)
+    if torch.isfinite(rows).all():
+        params = list(t.model.parameters())
+        if torch.stack([torch.isfinite(p).all() for p in params]).all():
+            return
+        rows = torch.cat([rows, torch.zeros_like(rows[:, :1])], 1)  # the last step's update: "a gradient"
+        rows[-1, -1] = math.inf
+    raise _non_finite(rows, keys, state.epoch + 1, state.step - (state.batch - first), t.out)
 
 
 def end_epoch(t: Training, state: TrainState, timing: dict, bar: tqdm) -> None:
