@@ -31,12 +31,15 @@ def _kl_normal_unit(q: Normal, p: UnitNormal) -> torch.Tensor:
     return 0.5 * (q.loc.square() + q.scale.square() - 1) - q.scale.log()
 
 
-def standard_normal(latent_dim: int, device: torch.device | str = "cpu",
-                    zeros: torch.Tensor | None = None, ones: torch.Tensor | None = None) -> Independent:
-    """p(z) = N(0, I) over (D,) (on given zeros and ones, e.g. a module's buffers, to allocate nothing)."""
-    zeros = torch.zeros(latent_dim, device=device) if zeros is None else zeros
-    ones = torch.ones_like(zeros) if ones is None else ones
+def unit_normal(zeros: torch.Tensor, ones: torch.Tensor) -> Independent:
+    """p(z) = N(0, I) over (D,) on the given zeros and ones (e.g. a module's buffers: nothing allocated)."""
     return Independent(UnitNormal(zeros, ones, validate_args=False), 1, validate_args=False)
+
+
+def standard_normal(latent_dim: int, device: torch.device | str = "cpu") -> Independent:
+    """p(z) = N(0, I) over (D,)."""
+    zeros = torch.zeros(latent_dim, device=device)
+    return unit_normal(zeros, torch.ones_like(zeros))
 
 
 class PixelBernoulli(Bernoulli):

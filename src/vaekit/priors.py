@@ -23,7 +23,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily
 
 from .config import _opt
-from .distributions import diagonal_gaussian, standard_normal
+from .distributions import diagonal_gaussian, unit_normal
 
 Posterior = Callable[[torch.Tensor], Independent]
 
@@ -38,7 +38,7 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim), persistent=False)
 
     def forward(self, posterior: Posterior | None = None) -> Independent:
-        return standard_normal(len(self.loc), zeros=self.loc, ones=self.scale)
+        return unit_normal(self.loc, self.scale)
 
 
 class GaussianMixture(nn.Module):

@@ -226,12 +226,15 @@ def _interrupted(signum: int, epoch: int, step: int, out: Path) -> Interrupted:
 
 
 def _non_finite(history: torch.Tensor, keys: list[str], epoch: int, first_step: int, out: Path) -> VaekitError:
-    """Name the first step and term that went non-finite; history rows: the step's term sums, and a
-    column past them that is non-finite where a step's update (its gradient) made a weight non-finite."""
-    row = int((~torch.isfinite(history)).nonzero()[0, 0])
-    bad = [("a gradient" if col == len(keys) else keys[col]) for col in (~torch.isfinite(history[row])).nonzero()[:, 0].tolist()]
-    names = [b for b in bad if b != "a gradient"]
-    term = f"the {', '.join(names)} term{'s' if len(names) > 1 else ''}" if names else "a gradient"
+    """Name the first step and the terms that went non-finite; history rows: the steps' term sums. With
+    every term finite, a weight was: the last step's update (its gradient) made it so."""
+    bad = ~torch.isfinite(history)
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        names = [keys[col] for col in bad[row].nonzero()[:, 0].tolist()]
+        term = f"the {', '.join(names)} term{'s' if len(names) > 1 else ''}"
+    else:
+        row, term = len(history) - 1, "a gradient"
     if (out / ckpt.LAST).is_file():
         saved = f"the last good checkpoint (step {ckpt.saved_step(out)}) is kept in {out}"
     else:
@@ -542,12 +545,8 @@ def check_finite(t: Training, history: list[torch.Tensor], keys: list[str], stat
     if not history:
         return
     rows = torch.stack(history)  # (S, K)
-    if torch.isfinite(rows).all():
-        params = list(t.model.parameters())
-        if torch.stack([torch.isfinite(p).all() for p in params]).all():
-            return
-        rows = torch.cat([rows, torch.zeros_like(rows[:, :1])], 1)  # the last step's update: "a gradient"
-        rows[-1, -1] = math.inf
+    if torch.isfinite(rows).all() and torch.stack([torch.isfinite(p).all() for p in t.model.parameters()]).all():
+        return
     raise _non_finite(rows, keys, state.epoch + 1, state.step - (state.batch - first), t.out)
 
 
