@@ -96,16 +96,19 @@ def importance_samples(
     *,
     num_samples: int,
     chunk: int | None = None,
+    posterior: Independent | None = None,
+    prior: Distribution | None = None,
 ) -> dict[str, torch.Tensor]:
     """K samples z_k ~ q(z|x) per image; returns (K, B) tensors
 
         log_likelihood = log p(x|z_k)
         log_weights    = log p(x|z_k) + log p(z_k) - log q(z_k|x)    (given c: p(x|z_k,c), p(z_k|c), q(z_k|x,c))
 
-    Samples are drawn `chunk` at a time so memory grows with chunk * B, not K * B.
+    Samples are drawn `chunk` at a time so memory grows with chunk * B, not K * B. posterior, prior:
+    q(z|x) and p(z) when the caller built them already (a VampPrior encodes its pseudo-inputs to build).
     """
-    posterior = model.posterior(x, c)
-    prior = model.prior(c)
+    posterior = model.posterior(x, c) if posterior is None else posterior
+    prior = model.prior(c) if prior is None else prior
     chunk = chunk or num_samples
     log_lik, log_w = [], []
     for start in range(0, num_samples, chunk):
@@ -138,7 +141,7 @@ def gaussian_latent_bounds(
         nll        = -IWAE_K(x)                         (B,)
     """
     posterior, prior = model.posterior(x, c), model.prior(c)
-    s = importance_samples(model, x, c, num_samples=num_samples, chunk=chunk)
+    s = importance_samples(model, x, c, num_samples=num_samples, chunk=chunk, posterior=posterior, prior=prior)
     terms = {"recon": -s["log_likelihood"].mean(0), "nll": -iwae_bound(s["log_weights"])}
     if has_closed_form_kl(prior):
         kl_per_dim = kl_divergence(posterior.base_dist, prior.base_dist)  # (B, D)

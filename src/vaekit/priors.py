@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily
+from torch.distributions import Distribution, Independent
 
 from .config import _opt
-from .distributions import diagonal_gaussian, unit_normal
+from .distributions import DiagonalGaussianMixture, unit_normal
 
 Posterior = Callable[[torch.Tensor], Independent]
 
@@ -50,9 +50,8 @@ class GaussianMixture(nn.Module):
         self.loc = nn.Parameter(torch.randn(components, latent_dim))  # spread out: the components start apart
         self.log_scale = nn.Parameter(torch.zeros(components, latent_dim))
 
-    def forward(self, posterior: Posterior | None = None) -> MixtureSameFamily:
-        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False),
-                                 diagonal_gaussian(self.loc, self.log_scale.exp()), validate_args=False)
+    def forward(self, posterior: Posterior | None = None) -> DiagonalGaussianMixture:
+        return DiagonalGaussianMixture(self.logits, self.loc, self.log_scale.exp())
 
 
 class VampPrior(nn.Module):
@@ -65,13 +64,11 @@ class VampPrior(nn.Module):
     def pseudo_inputs(self) -> torch.Tensor:
         return torch.sigmoid(self.pseudo_logits)
 
-    def forward(self, posterior: Posterior | None = None) -> MixtureSameFamily:
+    def forward(self, posterior: Posterior | None = None) -> DiagonalGaussianMixture:
         if posterior is None:
             raise ValueError("the VampPrior needs the encoder's posterior q(z|x)")
-        q = posterior(self.pseudo_inputs())  # batch shape (K,), event (D,)
-        k = self.pseudo_logits.shape[0]
-        return MixtureSameFamily(Categorical(logits=torch.zeros(k, device=self.pseudo_logits.device), validate_args=False),
-                                 q, validate_args=False)
+        q = posterior(self.pseudo_inputs()).base_dist  # (K, D) means and scales
+        return DiagonalGaussianMixture(q.loc.new_zeros(q.loc.shape[0]), q.loc, q.scale)
 
 
 PRIORS: dict[str, type[nn.Module]] = {"normal": StandardNormal, "mixture": GaussianMixture, "vamp": VampPrior}
