@@ -1,9 +1,12 @@
 """IWAE evaluation speed against training speed, per image-sample, with the system time, in one run.
 
     OMP_NUM_THREADS=1 python benchmarks/eval_speed.py                       # Fashion-MNIST: conv and MLP
+    OMP_NUM_THREADS=1 python benchmarks/eval_speed.py --models conv mlp paper-mlp vamp mixture hvae
     python benchmarks/eval_speed.py --dataset digits --models conv --max-batch 8192 4096
 
-For each model (vaekit's default conv VAE, the MLP 784-400-20) on the same process and data:
+For each model (vaekit's default conv VAE, the MLP 784-400-20; and BENCHMARKS §7's paper MLP 784-300-300-40
+gated, with the VampPrior or a mixture of 500 components, or as the two-layer hierarchy) on the same
+process and data:
 
   train   optimisation steps of vaekit.train.train_step (batch --batch-size, Adam, dynamic
           binarization): images/s
@@ -29,13 +32,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vaekit.config import DataConfig, ModelConfig  # noqa: E402
+from vaekit import models  # noqa: E402
+from vaekit.config import DataConfig  # noqa: E402
 from vaekit.data import fixed_targets, load_dataset  # noqa: E402
 from vaekit.evaluate import default_max_batch, evaluate  # noqa: E402
-from vaekit.models import VAE  # noqa: E402
 from vaekit.train import train_step  # noqa: E402
 
-MODELS = {"conv": {}, "mlp": dict(arch="mlp", hidden=400, latent_dim=20)}
+PAPER_MLP = dict(arch="mlp", hidden=300, hidden_layers=2, gated=True, latent_dim=40)  # BENCHMARKS §7
+MODELS = {
+    "conv": {},  # vaekit's default
+    "mlp": dict(arch="mlp", hidden=400, latent_dim=20),  # the classic 784-400-20
+    "paper-mlp": PAPER_MLP,
+    "vamp": dict(PAPER_MLP, prior="vamp", prior_components=500),
+    "mixture": dict(PAPER_MLP, prior="mixture", prior_components=500),
+    "hvae": dict(PAPER_MLP, model="hvae"),
+}
+DEFAULT_MODELS = ["conv", "mlp"]
 
 
 def measured(work) -> tuple[float, float, float, int]:
@@ -49,7 +61,7 @@ def measured(work) -> tuple[float, float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=200, help="training steps per measurement")
     parser.add_argument("--iw-samples", type=int, default=1000)
@@ -70,7 +82,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models:
         torch.manual_seed(0)
-        model = VAE(ModelConfig(image_shape=data.image_shape, **MODELS[name]))
+        options = dict(MODELS[name])
+        model = models.build(models.model_class(options.pop("model", "vae")).Config(image_shape=data.image_shape,
+                                                                                   **options))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
         generator = torch.Generator().manual_seed(0)
 

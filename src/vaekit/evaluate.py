@@ -24,7 +24,6 @@ from .data import batches
 from .errors import VaekitError
 
 LONG_EVALUATION_S = 60.0  # estimates above this are announced
-MIN_SAMPLE_CHUNK = 32  # samples of each image in a decoder pass, when K is larger than one pass
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float | None, float | None]:
@@ -67,9 +66,7 @@ def evaluate(
         max_batch = default_max_batch(tuple(x.shape[1:]))
     if max_batch < 1:
         raise VaekitError(f"--max-batch must be at least 1, got {max_batch}")
-    # K larger than a pass: several images share each pass, MIN_SAMPLE_CHUNK samples of each or more, so
-    # the work done once per batch of images (the encoder; a VampPrior encoding its pseudo-inputs) is shared.
-    images_per_batch = max(1, min(len(x), max_batch // iw_samples or max_batch // MIN_SAMPLE_CHUNK))
+    images_per_batch = max(1, min(len(x), max_batch // iw_samples))
     sample_chunk = max(1, min(iw_samples, max_batch // images_per_batch))
     values: dict[str, list[torch.Tensor]] = {}
     codes = []
