@@ -41,8 +41,9 @@ class DiagonalGaussianMixture(MixtureSameFamily):
 
     so all N x K of them are one (N, 2D+1) @ (2D+1, K) GEMM, and torch's MixtureSameFamily.log_prob's
     broadcast (N, K, D) tensor (12x the time of a Fashion-MNIST decoder pass at K = 500) is never built.
-    The expansion subtracts large numbers when s is small (|z|^2 / s^2 reaches 10^6 in a trained VAE),
-    so the product is taken in float64 (float32 on Apple's MPS, which has no float64).
+    The expansion subtracts large numbers when |z| >> s (its terms grow as |z|^2 / s^2 while their sum,
+    the squared distance, may be small), so the product is taken in float64 (float32 on Apple's MPS,
+    which has no float64), and the result rounded to z's dtype.
     """
 
     def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
