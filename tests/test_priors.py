@@ -107,6 +107,16 @@ def test_evaluation_with_a_mixture_prior_is_a_real_bound(prior):
     assert (terms["nll"] <= terms["recon"] + terms["kl"] + 1e-9).all()
 
 
+def test_evaluation_encodes_the_pseudo_inputs_once_per_batch_of_images():
+    from vaekit.evaluate import evaluate
+
+    model = tiny("vamp", components=5).float().eval()
+    built = []
+    model.latent_prior.register_forward_hook(lambda *_: built.append(1))
+    evaluate(model, torch.bernoulli(torch.full((3, 1, 8, 8), 0.3)), iw_samples=20, max_batch=10)
+    assert len(built) == 3  # K = 20 > 10 pairs per pass: one image per batch, the prior built once for each
+
+
 def test_free_bits_needs_a_closed_form_kl():
     model = tiny("vamp")
     with pytest.raises(VaekitError, match="--free-bits needs a KL per latent dimension"):
