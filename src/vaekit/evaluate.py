@@ -13,6 +13,8 @@ The evaluation works through the model contract (models/base.py): bounds() and e
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import sys
 import time
@@ -45,6 +47,25 @@ def default_max_batch(image_shape: tuple[int, ...]) -> int:
     return min(4096, max(256, 2**18 // math.prod(image_shape)))
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse (once per process; False where not glibc).
+
+    Each decoder pass frees and allocates the same few MB again. glibc's default thresholds move with
+    the allocation history (its mmap threshold adapts, its heap is trimmed above 2x it), so the same
+    evaluation sometimes handed those pages back to the kernel and faulted them in again at every
+    pass: 15-34 % system time on the Fashion conv VAE in some runs, 2-4 % in others (BENCHMARKS §7).
+    Fixed thresholds (allocations below 64 MB from the heap, up to 256 MB of free heap kept) made it
+    0 % in every run. It is process-wide: the process may hold up to 256 MB it no longer uses.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not Linux with glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 64 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -62,6 +83,7 @@ def evaluate(
     bounded for any K. Returns a JSON-ready dict. progress: a bar on stderr (None: when a terminal).
     """
     model.eval()
+    keep_freed_memory()
     if max_batch is None:
         max_batch = default_max_batch(tuple(x.shape[1:]))
     if max_batch < 1:
