@@ -455,9 +455,9 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
     state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()})
     if resume and (out / ckpt.LAST).is_file():
         state = TrainState.restore(t)
-        for tmp in out.glob(".*.tmp"):  # left by a write that was killed halfway
-            tmp.unlink(missing_ok=True)
-        if group.is_main:
+        if group.is_main:  # the one writer (another rank deleting would race its writes)
+            for tmp in out.glob(".*.tmp"):  # left by a write that was killed halfway
+                tmp.unlink(missing_ok=True)
             ckpt.write_metrics(out, [r for r in ckpt.read_metrics(out) if r["epoch"] <= state.epoch])
         if state.epoch >= t.cfg.epochs or state.stalled(t.cfg.patience):
             if group.is_main and not state.stalled(t.cfg.patience):
