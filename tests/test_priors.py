@@ -164,6 +164,33 @@ def test_train_samples_trains_the_iwae_bound_and_refuses_a_kl_weight(tmp_path):
 
     run = vaekit.train(tmp_path / "iwae", train_samples=4, epochs=2, **TINY)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["train_neg_iwae"] <= rows[-1]["train_neg_elbo"] and "val_neg_iwae" not in rows[-1]
+    assert rows[-1]["train_neg_iwae"] <= rows[-1]["train_neg_elbo"]
+    assert rows[-1]["val_neg_iwae"] <= rows[-1]["val_neg_elbo"]  # validated on the bound it trains
     with pytest.raises(VaekitError, match="--train-samples > 1 trains the IWAE bound"):
         vaekit.train(tmp_path / "warm", train_samples=4, kl_warmup=1, epochs=1, **TINY)
+
+
+def test_an_iwae_trained_model_keeps_the_best_weights_by_validation_iwae(tmp_path, monkeypatch, capsys):
+    """Its -ELBO gets worse while its likelihood improves (Burda et al. 2016), so the best epoch and early
+    stopping go by the validation -IWAE_K: here epoch 2, though the -ELBO kept falling."""
+    import sys
+
+    from safetensors.torch import load_file
+
+    options = dict(train_samples=4, lr_schedule="constant", **TINY)
+    two = vaekit.train(tmp_path / "two", epochs=2, **options)
+    loop = sys.modules["vaekit.train"]
+    real, scripted = loop.validate, iter([(30.0, 31.0), (20.0, 21.0), (25.0, 11.0), (26.0, 10.0)])
+
+    def validate(*args, **kwargs):
+        neg_iwae, neg_elbo = next(scripted)
+        return {**real(*args, **kwargs), "neg_iwae": neg_iwae, "neg_elbo": neg_elbo}
+
+    monkeypatch.setattr(loop, "validate", validate)
+    capsys.readouterr()
+    four = vaekit.train(tmp_path / "four", epochs=6, patience=2, **options)
+    assert "the validation -IWAE_K has not improved since epoch 2 (--patience 2)" in capsys.readouterr().err
+    best = load_file(four / "model.safetensors")
+    after_two = {k[6:]: v for k, v in load_file(two / "last.safetensors").items() if k.startswith("model.")}
+    assert all(torch.equal(best[k], after_two[k]) for k in best)
+    assert 'data-epoch="2"' in (four / "report.html").read_text()  # the report's best epoch agrees

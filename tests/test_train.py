@@ -52,6 +52,35 @@ def test_best_weights_are_the_best_validation_epoch(tmp_path, monkeypatch):
     assert not model.training and all(torch.equal(model.state_dict()[k], best[k]) for k in best)
 
 
+def test_init_from_starts_from_another_runs_best_weights(tmp_path, capsys):
+    """--init-from: a fine-tuning run starts at the source's best weights (at lr 1e-12 it stays there), may
+    change the objective (--train-samples), resumes without the source, and refuses weights that do not fit."""
+    from vaekit.cli import main
+
+    options = dict(dataset="digits", width=8, hidden=32, latent_dim=4, progress=False)
+    source = vaekit.train(tmp_path / "source", epochs=2, **options)
+    tuned = vaekit.train(tmp_path / "tuned", epochs=1, lr=1e-12, train_samples=4, init_from=str(source), **options)
+    before, after = load_file(source / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    fresh = load_file(vaekit.train(tmp_path / "fresh", epochs=1, lr=1e-12, **options) / "model.safetensors")
+    assert not all(torch.allclose(before[k], fresh[k], atol=1e-6) for k in before)
+
+    (source / "model.safetensors").rename(tmp_path / "moved")  # a resumed run has its own weights
+    assert main(["train", "--resume", str(tuned), "--epochs", "2"]) == 0
+    assert len((tuned / "metrics.jsonl").read_text().splitlines()) == 2
+
+    (tmp_path / "moved").rename(source / "model.safetensors")
+    capsys.readouterr()
+    code = main(["train", "--init-from", str(source), "--latent-dim", "6", "--width", "8", "--hidden", "32",
+                 "--out", str(tmp_path / "misfit")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--init-from {source}: its weights do not fit this model (the model settings that differ: latent_dim)" in err
+    assert not (tmp_path / "misfit").exists()  # refused before anything was written
+    assert main(["train", "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert f"--init-from {tmp_path / 'nowhere'}: run folder" in capsys.readouterr().err
+
+
 def test_existing_run_is_refused_without_overwrite(digits_run, tmp_path):
     with pytest.raises(VaekitError, match="--overwrite"):
         vaekit.train(digits_run, dataset="digits", epochs=1, progress=False)

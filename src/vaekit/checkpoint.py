@@ -256,6 +256,23 @@ def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = 
     return model.to(device).eval()
 
 
+def load_weights_of_run(model: torch.nn.Module, model_cfg: ModelConfig, folder: Path) -> None:
+    """Put the best weights of another run into `model` (--init-from): they must fit it tensor for tensor."""
+    folder = Path(folder)
+    try:
+        _, theirs, _ = read_config(folder)
+        tensors, _ = load_tensors(folder / BEST)
+    except VaekitError as e:
+        raise VaekitError(f"--init-from {folder}: {e}") from None
+    try:
+        load_state_dict_into(model, tensors, folder / BEST)
+    except VaekitError:
+        mine, other = to_dict(model_cfg), to_dict(theirs)
+        differ = [k for k in sorted(mine.keys() | other.keys()) if mine.get(k) != other.get(k)]
+        raise VaekitError(f"--init-from {folder}: its weights do not fit this model (the model settings that differ: "
+                          f"{', '.join(differ) or 'none'})") from None
+
+
 def append_metrics(folder: Path, record: dict[str, Any]) -> None:
     try:
         with open(Path(folder) / METRICS, "a") as f:

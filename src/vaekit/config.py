@@ -148,6 +148,9 @@ class TrainConfig(Checked):
     beta: float = _opt(1.0, "weight of the KL term (beta-VAE); 1 is the ELBO", low=0)
     free_bits: float = _opt(0.0, "floor, in nats, on each latent dimension's batch-mean KL", low=0)
     kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta", low=0)
+    init_from: str | None = _opt(
+        None, "start from the best weights of this run folder instead of random ones (fine-tuning, e.g. on the "
+        "IWAE bound with --train-samples); its weights must fit this model")
     patience: int = _opt(0, "stop early when the validation -ELBO has not improved for this many epochs (0: never)",
                          low=0)
     ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off", low=0,

@@ -89,6 +89,16 @@ def iwae_objective(model: LatentVariableModel, x: torch.Tensor, c: torch.Tensor 
     return {"loss": neg_iwae.mean(), "neg_iwae": neg_iwae, "neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
 
+def selected_bound(terms: dict) -> str:
+    """The per-image term that training minimises and validation selects the best weights on: `neg_iwae`
+    (-IWAE_K) for a model trained on the IWAE bound, else `neg_elbo`. (An IWAE-trained model's -ELBO
+    gets worse as its likelihood gets better, Burda et al. 2016 sec. 5.2.)"""
+    return "neg_iwae" if "neg_iwae" in terms else "neg_elbo"
+
+
+BOUND_NAMES = {"neg_iwae": "-IWAE_K", "neg_elbo": "-ELBO"}
+
+
 def importance_samples(
     model: LatentVariableModel,
     x: torch.Tensor,

@@ -24,6 +24,7 @@ from PIL import Image
 from . import checkpoint as ckpt
 from . import plots
 from .latent_map import LatentMap, latent_map
+from .objectives import BOUND_NAMES, selected_bound
 
 REPORT = "report.html"
 MAP_IMAGES = 2000  # test images on the map (as latent.png)
@@ -121,12 +122,15 @@ def validation_table(metrics: list[dict]) -> str:
     scored = [m for m in metrics if isinstance(m.get("val_neg_elbo"), (int, float))]
     if not scored:
         return ""
-    best = min(scored, key=lambda m: m["val_neg_elbo"])
+    bound = "val_" + selected_bound({k[4:]: v for k, v in scored[-1].items() if k.startswith("val_")})
+    scored = [m for m in scored if isinstance(m.get(bound), (int, float))]
+    best = min(scored, key=lambda m: m[bound])
     terms = sorted({k.split("_", 1)[1] for k in best if k.startswith(("train_", "val_"))} - {"seconds"},
                    key=lambda t: (t != "neg_elbo", t))
     rows = "".join(f"<tr><td>{html.escape(t.replace('_', ' '))}</td>{_cell('train', t, best.get('train_' + t))}"
                    f"{_cell('val', t, best.get('val_' + t))}</tr>" for t in terms)
-    return (f"<h3>Training: the best epoch by validation −ELBO (epoch {best['epoch']} of {metrics[-1]['epoch']})</h3>"
+    name = BOUND_NAMES[bound[4:]].replace("-", "−")
+    return (f"<h3>Training: the best epoch by validation {name} (epoch {best['epoch']} of {metrics[-1]['epoch']})</h3>"
             f'<table data-epoch="{best["epoch"]}"><tr><th>term (one-sample, nats per image)</th><th>train</th>'
             f"<th>validation</th></tr>{rows}</table>")
 

@@ -37,6 +37,7 @@ from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs
 from .data import VAL_SEED_OFFSET, DeviceData, EpochPlan, ImageDataset, binarization, epoch_order, fixed_targets
 from .data import load_dataset, test_targets, training_targets
 from .errors import Terminated, VaekitError
+from .objectives import BOUND_NAMES, selected_bound
 from .tensorboard import TensorBoardLog
 
 __all__ = ["fit", "epoch_order", "resolve_device", "train_step", "speedups", "validate", "Interrupted"]
@@ -276,7 +277,8 @@ class Training:
 @dataclass
 class TrainState:
     """Where a run is: `epoch` epochs complete and `batch` batches of the next one done, at global
-    `step`; the best validation -ELBO and its weights; the running sums of the epoch; RNG states."""
+    `step`; the best validation bound (`bound`: objectives.selected_bound) and its weights; the running sums
+    of the epoch; RNG states."""
 
     epoch: int = 0
     batch: int = 0
@@ -285,9 +287,10 @@ class TrainState:
     best: dict[str, torch.Tensor] = field(default_factory=dict)
     sums: TermSums = field(default_factory=TermSums)
     best_epoch: int = 0
+    bound: str = "neg_elbo"
 
     def stalled(self, patience: int) -> bool:
-        """Whether early stopping is due: `patience` epochs (> 0) without a better validation -ELBO."""
+        """Whether early stopping is due: `patience` epochs (> 0) without a better validation bound."""
         return patience > 0 and self.epoch - self.best_epoch >= patience
 
     def save(self, t: Training) -> None:
@@ -304,7 +307,7 @@ class TrainState:
             if t.averaged is not t.model:
                 extra.update({f"ema.{k}": v for k, v in t.averaged.state_dict().items()})
             state = {"epoch": self.epoch, "batch": self.batch, "step": self.step, "best_val": self.best_val,
-                     "best_epoch": self.best_epoch, "world": t.group.world}
+                     "best_epoch": self.best_epoch, "bound": self.bound, "world": t.group.world}
             ckpt.save_resume_point(t.out, t.model, self.best, t.optimizer, extra, state)
 
     @classmethod
@@ -314,7 +317,8 @@ class TrainState:
         rank = t.group.rank
         try:
             state = cls(saved["epoch"], saved["batch"], saved["step"], saved["best_val"], best,
-                        best_epoch=saved.get("best_epoch", saved["epoch"]))  # vaekit <= 0.2: not recorded
+                        best_epoch=saved.get("best_epoch", saved["epoch"]),  # vaekit <= 0.2: not recorded
+                        bound=saved.get("bound", "neg_elbo"))
             extra[f"rng.{rank}.cpu"]
         except KeyError as e:
             raise VaekitError(f"{t.out / ckpt.LAST} lacks {e} in its training state: it cannot be resumed") from None
@@ -338,8 +342,9 @@ class TrainState:
 
 
 def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
-            group: distributed.Group) -> Training:
-    """Load the data, check it against what the model needs, and build the model and optimizer."""
+            group: distributed.Group, fresh: bool = True) -> Training:
+    """Load the data, check it against what the model needs, and build the model (a fresh run: from
+    --init-from's weights where given) and optimizer."""
     device = group.device
     dataset = load_dataset(data_cfg)
     mode = binarization(data_cfg.binarize, model_cfg.likelihood, dataset)
@@ -356,7 +361,10 @@ def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out:
         cfg = replace(cfg, epochs=auto_epochs(plan.examples_per_epoch, cfg.batch_size))
 
     torch.manual_seed(cfg.seed)
-    model = models.build(model_cfg).to(device)
+    model = models.build(model_cfg)
+    if cfg.init_from and fresh:  # a resumed run has its own weights
+        ckpt.load_weights_of_run(model, model_cfg, Path(cfg.init_from))
+    model = model.to(device)
     torch.manual_seed(cfg.seed + 7919 * group.rank)  # each rank draws its own noise
     # The fused Adam kernel (CPU and CUDA) updates every parameter in one pass instead of ~10 ops each.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -450,7 +458,7 @@ def fit(
 
 
 def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures, board=None) -> Path:
-    t = prepare(data_cfg, model_cfg, train_cfg, out, group)
+    t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not (resume and (out / ckpt.LAST).is_file()))
     t.board = board
     state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()})
     if resume and (out / ckpt.LAST).is_file():
@@ -556,8 +564,9 @@ def end_epoch(t: Training, state: TrainState, timing: dict, bar: tqdm) -> None:
     train_terms = state.sums.means(t.group)
     state.sums.clear()
     val_terms = validate(t.averaged, t.val_data, t.group, seed=t.data_cfg.split_seed)
-    if val_terms["neg_elbo"] is not None and val_terms["neg_elbo"] < state.best_val:
-        state.best_val, state.best_epoch = val_terms["neg_elbo"], state.epoch
+    state.bound = selected_bound(val_terms)
+    if val_terms[state.bound] is not None and val_terms[state.bound] < state.best_val:
+        state.best_val, state.best_epoch = val_terms[state.bound], state.epoch
         state.best = {k: v.detach().clone() for k, v in t.averaged.state_dict().items()}
     if t.group.is_main:  # the line first: a resume drops lines past the checkpoint and redoes them
         knobs = timing["knobs"]
@@ -582,7 +591,7 @@ def finish(t: Training, state: TrainState, pictures: bool, repair: bool = False)
     t.model.load_state_dict(state.best)
     t.model.eval()
     if state.stalled(t.cfg.patience) and t.group.is_main:
-        print(f"vaekit: stopped early after epoch {state.epoch} of {t.cfg.epochs}: the validation -ELBO has not "
+        print(f"vaekit: stopped early after epoch {state.epoch} of {t.cfg.epochs}: the validation {BOUND_NAMES[state.bound]} has not "
               f"improved since epoch {state.best_epoch} (--patience {t.cfg.patience})", file=sys.stderr)
     if not (pictures and t.group.is_main):
         return

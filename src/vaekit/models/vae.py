@@ -82,11 +82,12 @@ class VAE(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, beta: float | torch.Tensor = 1.0, free_bits: float = 0.0
     ) -> dict[str, torch.Tensor]:
         """Per-image ELBO terms (neg_elbo, recon, kl) and the training loss of a batch (objectives.elbo); with
-        --train-samples K > 1, the IWAE bound in training (objectives.iwae_objective; validation stays the ELBO)."""
+        --train-samples K > 1, the IWAE bound (objectives.iwae_objective: neg_iwae too), in training and in
+        validation, which then selects the best weights on it."""
         c = y if self.num_classes else None
         k = getattr(self.cfg, "train_samples", 1)
-        if k > 1 and self.training:
-            if free_bits or (not isinstance(beta, torch.Tensor) and beta != 1):
+        if k > 1:
+            if self.training and (free_bits or (not isinstance(beta, torch.Tensor) and beta != 1)):
                 raise VaekitError("--train-samples > 1 trains the IWAE bound, which has no KL weight: leave --beta, "
                                   "--kl-warmup and --free-bits at their defaults")
             return iwae_objective(self, x, c, num_samples=k)
