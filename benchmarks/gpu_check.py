@@ -43,7 +43,7 @@ device = torch.device(opts["device"])
 out = opts["run"] + ("-fast" if opts["stage"] == "fast" else "")
 extra = dict(compile=True, precision="bf16") if opts["stage"] == "fast" else {{}}
 start = time.perf_counter()
-vaekit.train(out, dataset=opts["dataset"], epochs=opts["epochs"], device=opts["device"], overwrite=True,
+vaekit.train(out, dataset=opts["dataset"], arch="conv", epochs=opts["epochs"], device=opts["device"], overwrite=True,
              progress=False, **extra)
 train_s = time.perf_counter() - start
 rows = [json.loads(l) for l in open(out + "/metrics.jsonl")]

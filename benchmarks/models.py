@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import vaekit  # noqa: E402
 
 MODELS = {
-    "conv": ("conv VAE (default)", {}),
+    "conv": ("conv VAE (the built-in default)", {"arch": "conv"}),
     "mlp": ("MLP VAE 784-400-20", {"arch": "mlp", "hidden": 400, "latent_dim": 20}),
     "cvae": ("conditional VAE (default size)", {"model": "cvae"}),
 }

@@ -112,3 +112,30 @@ def test_python_dash_m_and_console_script(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("vaekit: error:") and "Traceback" not in done.stderr
     done = subprocess.run([sys.executable, "-m", "vaekit", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "train" in done.stdout
+
+
+def test_fashion_mnist_defaults_to_the_measured_mlp_set_up(monkeypatch, tmp_path, capsys):
+    """On Fashion-MNIST the VAE's defaults are the gated MLP of BENCHMARKS.md §7 (the best there for about
+    15 minutes); any flag overrides one of them, --arch conv (or another model, or dataset) keeps the
+    built-in ones, and the command says which it took."""
+    import vaekit.api as api
+
+    model, train = api.make_configs(dataset="fashion-mnist")[1:]
+    assert (model.arch, model.hidden, model.hidden_layers, model.gated, model.latent_dim) == ("mlp", 300, 2, True, 40)
+    assert (train.batch_size, train.lr, train.kl_warmup, train.epochs) == (100, 1e-3, 10.0, 150)
+    assert api.make_configs(dataset="fashion-mnist", latent_dim=8)[1].latent_dim == 8
+    classic = api.make_configs(dataset="fashion-mnist", arch="mlp", hidden=400, latent_dim=20)[1]
+    assert (classic.hidden_layers, classic.gated) == (1, False)  # a named body: its built-in defaults
+    builtin = api.make_configs()
+    for options in (dict(arch="conv"), dict(model="cvae"), dict(dataset="kmnist")):
+        model, train = api.make_configs(**{"dataset": "fashion-mnist", **options})[1:]
+        assert (model.arch, model.latent_dim, train.epochs, train.lr) == ("conv", 16, 0, builtin[2].lr), options
+
+    seen = {}
+    monkeypatch.setattr(api, "train", lambda out, **kwargs: seen.update(kwargs))
+    code, out, _ = run_cli(capsys, "train", "--dataset", "fashion-mnist", "--hidden", "64", "--out", tmp_path / "f")
+    assert code == 0 and seen["hidden"] == 64 and "arch" not in seen  # the API applies the defaults itself
+    assert ("vaekit: the defaults on fashion-mnist: --arch mlp --hidden-layers 2 --gated --latent-dim 40 "
+            "--batch-size 100 --lr 0.001 --kl-warmup 10 --epochs 150 (a flag overrides each") in out
+    code, out, _ = run_cli(capsys, "train", "--dataset", "fashion-mnist", "--arch", "conv", "--out", tmp_path / "c")
+    assert code == 0 and "defaults on" not in out

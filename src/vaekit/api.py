@@ -26,9 +26,22 @@ from .train import fit, resolve_device
 RESUME_CHANGES = {"epochs", "device"}  # the settings a resumed run may change
 
 
+def dataset_defaults(options: dict) -> dict:
+    """The settings the chosen model takes on the chosen dataset where `options` leave them unset (its
+    `dataset_defaults`); none where `options` name the network body (arch): a named body gets its
+    built-in defaults, so `--arch mlp --hidden 400` is the classic MLP on every dataset."""
+    cls = models.model_class(options.get("model", "vae"))
+    given = getattr(cls, "dataset_defaults", {}).get(options.get("dataset", DataConfig.dataset), {})
+    if "arch" in options:
+        return {}
+    return {k: v for k, v in given.items() if k not in options}
+
+
 def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     """Split keyword options (fields of DataConfig, the chosen model's config, TrainConfig) into the
-    three configs; each checks its values (types, choices, ranges) as it is built."""
+    three configs, over the model's defaults for the dataset (dataset_defaults); each config checks its
+    values (types, choices, ranges) as it is built."""
+    options = {**dataset_defaults(options), **options}
     model_config = models.model_class(options.get("model", "vae")).Config
     classes = (DataConfig, model_config, TrainConfig)
     known = {f.name: cls for cls in classes for f in dataclasses.fields(cls) if "help" in f.metadata or f.name == "model"}

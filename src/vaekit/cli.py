@@ -158,7 +158,7 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import train
+    from .api import dataset_defaults, train
     from .train import Interrupted
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
@@ -166,9 +166,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume and not args.out:
         raise VaekitError("--out RUN is required: the folder to write the run into")
     out = Path(args.resume or args.out)
+    options = config_options(args)
+    applied = {} if args.resume else dataset_defaults(options)
+    if applied and os.environ.get("RANK", "0") == "0":
+        shown = " ".join(flag(k) if v is True else f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
+                         for k, v in applied.items())
+        print(f"vaekit: the defaults on {options['dataset']}: {shown} (a flag overrides each; naming --arch conv or mlp: the built-in ones)")
     try:
-        train(out, overwrite=args.overwrite, resume=bool(args.resume), tensorboard=args.tensorboard,
-              **config_options(args))
+        train(out, overwrite=args.overwrite, resume=bool(args.resume), tensorboard=args.tensorboard, **options)
     except Interrupted as e:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code

@@ -116,7 +116,8 @@ class ModelConfig(Checked):
     """What every model shares: p(x|z...) on conv or MLP bodies and an amortised q(z|x...)."""
 
     model: str = _opt("vae", "which model (models/: vae, cvae, m2, categorical, hvae)")
-    arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE)", ("conv", "mlp"))
+    arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE). Unset, --model vae on fashion-mnist takes "
+                   "the gated MLP 2x300, latent 40, 150 epochs (the command prints them)", ("conv", "mlp"))
     latent_dim: int = _opt(16, "dimension of z", low=1, high=4096)
     width: int = _opt(16, "channels of the first conv layer (doubled at each downsampling)", low=1, high=1024)
     hidden: int = _opt(128, "units of the fully connected hidden layer", low=1, high=65536)

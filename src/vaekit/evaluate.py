@@ -13,8 +13,6 @@ The evaluation works through the model contract (models/base.py): bounds() and e
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 import sys
 import time
@@ -22,6 +20,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from .allocator import keep_freed_memory
 from .data import batches
 from .errors import VaekitError
 
@@ -45,25 +44,6 @@ def default_max_batch(image_shape: tuple[int, ...]) -> int:
     them back after it, and the page faults took half of the CPU time (system time 50 % on Fashion-
     MNIST, 38 % on digits, one thread; BENCHMARKS.md, "Evaluation speed")."""
     return min(4096, max(256, 2**18 // math.prod(image_shape)))
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse (once per process; False where not glibc).
-
-    Each decoder pass frees and allocates the same few MB again. glibc's default thresholds move with
-    the allocation history (its mmap threshold adapts, its heap is trimmed above 2x it), so the same
-    evaluation sometimes handed those pages back to the kernel and faulted them in again at every
-    pass: 15-34 % system time on the Fashion conv VAE in some runs, 2-4 % in others (BENCHMARKS §7).
-    Fixed thresholds (allocations below 64 MB from the heap, up to 256 MB of free heap kept) made it
-    0 % in every run. It is process-wide: the process may hold up to 256 MB it no longer uses.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not Linux with glibc
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 64 << 20)) and bool(mallopt(m_trim_threshold, 256 << 20))
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from . import models
+from .allocator import keep_freed_memory
 from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs
 from .data import VAL_SEED_OFFSET, DeviceData, EpochPlan, ImageDataset, binarization, epoch_order, fixed_targets
 from .data import load_dataset, test_targets, training_targets
@@ -431,6 +432,7 @@ def fit(
     each epoch's numbers and samples to as TensorBoard events, too.
     """
     out = Path(out)
+    keep_freed_memory()  # steps reuse freed memory instead of faulting it in again (allocator.py)
     group = distributed.setup(resolve_device(train_cfg.device), train_cfg.dist_timeout)
     lock = ckpt.RunLock(out) if group.is_main else contextlib.nullcontext()
     try:

@@ -6,6 +6,10 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
     labels: "none" | "all" | "some"   which labels training needs: none (VAE), every image's (CVAE),
                                       or some (M2: y = -1 marks an unknown label)
     num_classes: int                  classes it can draw (0: it draws without a class)
+    dataset_defaults (optional)       {dataset: {field: value}}: settings that replace the built-in
+                                      defaults on that dataset (under any flag given) unless --arch is
+                                      given: the best measured set-up for about 15 minutes on 2 CPU
+                                      cores there
 
     forward(x, y, **knobs) -> dict    the training objective of a batch x: (B, C, H, W), labels y: (B,)
                                       or None: "loss" (the scalar to minimise) and per-example terms,
@@ -60,6 +64,7 @@ class EvalContext:
 class Model(Protocol):
     Config: ClassVar[type[ModelConfig]]
     labels: ClassVar[str]
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]]
     cfg: ModelConfig
 
     @property
