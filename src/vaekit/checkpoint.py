@@ -241,6 +241,13 @@ def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor
     model.load_state_dict(tensors)
 
 
+def check_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise VaekitError(f"{source} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
+                          f"{', ...' if len(bad) > 3 else ''}: the file is damaged or the run diverged")
+
+
 def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = BEST) -> torch.nn.Module:
     """The model of a run folder with its best (or another) weights, in eval mode."""
     from .models import build
@@ -248,10 +255,7 @@ def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = 
     _, model_cfg, _ = read_config(folder)
     model = build(model_cfg)
     tensors, _ = load_tensors(Path(folder) / weights)
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise VaekitError(f"{Path(folder) / weights} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
-                          f"{', ...' if len(bad) > 3 else ''}: the file is damaged or the run diverged")
+    check_finite(tensors, Path(folder) / weights)
     load_state_dict_into(model, tensors, Path(folder) / weights)
     return model.to(device).eval()
 
@@ -262,6 +266,7 @@ def load_weights_of_run(model: torch.nn.Module, model_cfg: ModelConfig, folder: 
     try:
         _, theirs, _ = read_config(folder)
         tensors, _ = load_tensors(folder / BEST)
+        check_finite(tensors, folder / BEST)
     except VaekitError as e:
         raise VaekitError(f"--init-from {folder}: {e}") from None
     try:

@@ -152,7 +152,8 @@ class TrainConfig(Checked):
     init_from: str | None = _opt(
         None, "start from the best weights of this run folder instead of random ones (fine-tuning, e.g. on the "
         "IWAE bound with --train-samples); its weights must fit this model")
-    patience: int = _opt(0, "stop early when the validation -ELBO has not improved for this many epochs (0: never)",
+    patience: int = _opt(0, "stop early when the validation -ELBO (-IWAE_K with --train-samples K) has not improved "
+                         "for this many epochs (0: never)",
                          low=0)
     ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off", low=0,
                       high=1, high_open=True)

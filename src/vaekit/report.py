@@ -130,8 +130,9 @@ def validation_table(metrics: list[dict]) -> str:
     rows = "".join(f"<tr><td>{html.escape(t.replace('_', ' '))}</td>{_cell('train', t, best.get('train_' + t))}"
                    f"{_cell('val', t, best.get('val_' + t))}</tr>" for t in terms)
     name = BOUND_NAMES[bound[4:]].replace("-", "−")
+    samples = "K samples" if bound == "val_neg_iwae" else "one sample"
     return (f"<h3>Training: the best epoch by validation {name} (epoch {best['epoch']} of {metrics[-1]['epoch']})</h3>"
-            f'<table data-epoch="{best["epoch"]}"><tr><th>term (one-sample, nats per image)</th><th>train</th>'
+            f'<table data-epoch="{best["epoch"]}"><tr><th>term ({samples}, nats per image)</th><th>train</th>'
             f"<th>validation</th></tr>{rows}</table>")
 
 
