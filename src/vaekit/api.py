@@ -30,10 +30,10 @@ def dataset_defaults(options: dict) -> dict:
     """The settings the chosen model takes on the chosen dataset where `options` leave them unset (its
     `dataset_defaults`); none where `options` name the network body (arch): a named body gets its
     built-in defaults, so `--arch mlp --hidden 400` is the classic MLP on every dataset."""
-    cls = models.model_class(options.get("model", "vae"))
-    given = getattr(cls, "dataset_defaults", {}).get(options.get("dataset", DataConfig.dataset), {})
     if "arch" in options:
         return {}
+    cls = models.model_class(options.get("model", "vae"))
+    given = getattr(cls, "dataset_defaults", {}).get(options.get("dataset", DataConfig.dataset), {})
     return {k: v for k, v in given.items() if k not in options}
 
 

@@ -460,10 +460,11 @@ def fit(
 
 
 def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures, board=None) -> Path:
-    t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not (resume and (out / ckpt.LAST).is_file()))
+    resuming = resume and (out / ckpt.LAST).is_file()
+    t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not resuming)
     t.board = board
     state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()})
-    if resume and (out / ckpt.LAST).is_file():
+    if resuming:
         state = TrainState.restore(t)
         if group.is_main:  # the one writer (another rank deleting would race its writes)
             for tmp in out.glob(".*.tmp"):  # left by a write that was killed halfway
