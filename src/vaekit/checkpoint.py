@@ -260,8 +260,10 @@ def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = 
     return model.to(device).eval()
 
 
-def load_weights_of_run(model: torch.nn.Module, model_cfg: ModelConfig, folder: Path) -> None:
-    """Put the best weights of another run into `model` (--init-from): they must fit it tensor for tensor."""
+def load_weights_of_run(model: torch.nn.Module, model_cfg: ModelConfig, folder: Path) -> list[str]:
+    """Put the best weights of another run into `model` (--init-from). Each of its tensors must fit one of the
+    model's; the model may have more (e.g. --autoregressive on a factorized run's weights), which keep their
+    fresh initialisation. Returns the names of those."""
     folder = Path(folder)
     try:
         _, theirs, _ = read_config(folder)
@@ -269,13 +271,14 @@ def load_weights_of_run(model: torch.nn.Module, model_cfg: ModelConfig, folder: 
         check_finite(tensors, folder / BEST)
     except VaekitError as e:
         raise VaekitError(f"--init-from {folder}: {e}") from None
-    try:
-        load_state_dict_into(model, tensors, folder / BEST)
-    except VaekitError:
+    expected = model.state_dict()
+    if any(k not in expected or v.shape != expected[k].shape or v.dtype != expected[k].dtype for k, v in tensors.items()):
         mine, other = to_dict(model_cfg), to_dict(theirs)
         differ = [k for k in sorted(mine.keys() | other.keys()) if mine.get(k) != other.get(k)]
         raise VaekitError(f"--init-from {folder}: its weights do not fit this model (the model settings that differ: "
-                          f"{', '.join(differ) or 'none'})") from None
+                          f"{', '.join(differ) or 'none'})")
+    model.load_state_dict(tensors, strict=False)
+    return [k for k in expected if k not in tensors]
 
 
 def append_metrics(folder: Path, record: dict[str, Any]) -> None:

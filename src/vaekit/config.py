@@ -151,7 +151,8 @@ class TrainConfig(Checked):
     kl_warmup: float = _opt(0.0, "epochs over which the KL weight ramps linearly from 0 to beta", low=0)
     init_from: str | None = _opt(
         None, "start from the best weights of this run folder instead of random ones (fine-tuning, e.g. on the "
-        "IWAE bound with --train-samples); its weights must fit this model")
+        "IWAE bound with --train-samples); each of its tensors must fit this model, which may add more (e.g. "
+        "--autoregressive), started fresh")
     patience: int = _opt(0, "stop early when the validation -ELBO (-IWAE_K with --train-samples K) has not improved "
                          "for this many epochs (0: never)",
                          low=0)

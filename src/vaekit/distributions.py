@@ -12,7 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Bernoulli, Categorical, Independent, MixtureSameFamily, Normal, register_kl
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, MixtureSameFamily, Normal, register_kl
 
 
 def diagonal_gaussian(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
@@ -110,6 +110,7 @@ def gaussian_nll_constant(num_pixels: int, sigma: float) -> float:
     return 0.5 * num_pixels * math.log(2 * math.pi * sigma**2)
 
 
-def likelihood_mean(likelihood: Independent) -> torch.Tensor:
-    """E[x|z] as an image in [0,1] (the Bernoulli probabilities or the Gaussian mean, clamped)."""
-    return likelihood.base_dist.mean.clamp(0, 1)
+def likelihood_mean(likelihood: Distribution) -> torch.Tensor:
+    """E[x|z] as an image in [0,1] (the Bernoulli probabilities or the Gaussian mean, clamped; an
+    autoregressive likelihood's mean-field picture)."""
+    return likelihood.mean.clamp(0, 1)

@@ -364,7 +364,11 @@ def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out:
     torch.manual_seed(cfg.seed)
     model = models.build(model_cfg)
     if cfg.init_from and fresh:  # a resumed run has its own weights
-        ckpt.load_weights_of_run(model, model_cfg, Path(cfg.init_from))
+        new = ckpt.load_weights_of_run(model, model_cfg, Path(cfg.init_from))
+        if new and group.is_main:
+            modules = sorted({k.split(".")[0] for k in new})
+            print(f"vaekit: --init-from {cfg.init_from}: {len(new)} tensors are not in that run and start fresh "
+                  f"({', '.join(modules)})", file=sys.stderr)
     model = model.to(device)
     torch.manual_seed(cfg.seed + 7919 * group.rank)  # each rank draws its own noise
     # The fused Adam kernel (CPU and CUDA) updates every parameter in one pass instead of ~10 ops each.

@@ -4,6 +4,8 @@
     prior:       p(z) = N(0, I), a learned Gaussian mixture or the VampPrior (--prior, priors.py);
                  CVAE: p(z | c) = N(m_c, diag(s_c^2)), learned per class
     generative:  p(x | z[, c]) = Bernoulli(sigmoid(logits(z, c)))  or  N(mean(z, c), sigma^2 I)
+                 --autoregressive: prod_i Bernoulli(x_i | x_<i, z[, c]), the decoder's logits plus a
+                 masked network over the earlier pixels (autoregressive.py)
     objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z[|c]))   (objectives.elbo)
 
 In the CVAE the class label c in {0..K-1} enters both networks as a one-hot vector. Its prior is a
@@ -17,6 +19,7 @@ objectives.latent_kl). A beta-VAE is the same model trained with beta != 1 (a kn
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent
 
 from ..config import ModelConfig, _opt
+from ..autoregressive import AutoregressiveBernoulli, PixelContext
 from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_networks
@@ -40,6 +44,9 @@ class VAEConfig(ModelConfig):
     prior_components: int = components_option()
     train_samples: int = _opt(1, "importance samples of the training objective: 1 = the ELBO, K > 1 = the IWAE "
                               "bound -IWAE_K (Burda et al. 2016; K times the decoder's work per step)", low=1, high=4096)
+    autoregressive: bool = _opt(False, "p(x|z) = prod_i Bernoulli(x_i | x_<i, z): the decoder's logits plus a masked "
+                                "network (MADE) over the pixels before each one, in raster order (Bernoulli "
+                                "likelihood; drawing a picture takes one step per pixel)")
 
 
 class VAE(nn.Module):
@@ -57,6 +64,11 @@ class VAE(nn.Module):
         # p(z) (priors.py); a config without a `prior` field (the CVAE's) has N(0, I)
         self.latent_prior = make_prior(getattr(cfg, "prior", "normal"), cfg.latent_dim,
                                        getattr(cfg, "prior_components", 0), cfg.image_shape)
+        self.pixel_context = None  # a(x_<i, z) of the autoregressive likelihood (a config without the field: none)
+        if getattr(cfg, "autoregressive", False):
+            if cfg.likelihood != "bernoulli":
+                raise VaekitError("--autoregressive is a Bernoulli likelihood over binary pixels: drop --likelihood gaussian")
+            self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes, cfg.hidden)
 
     @property
     def num_classes(self) -> int:
@@ -77,8 +89,12 @@ class VAE(nn.Module):
         """p(z), event shape (D,): N(0, I), or the --prior mixture."""
         return self.latent_prior(self.posterior)
 
-    def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Independent:
-        out = self.decoder(z, self.condition(c))  # (B, C, H, W)
+    def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
+        onehot = self.condition(c)
+        out = self.decoder(z, onehot)  # (B, C, H, W)
+        if self.pixel_context is not None:
+            context = z if onehot is None else torch.cat([z, onehot], -1)
+            return AutoregressiveBernoulli(out, self.pixel_context, context)
         return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
 
     # ---- objective
