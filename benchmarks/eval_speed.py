@@ -5,8 +5,8 @@
     python benchmarks/eval_speed.py --dataset digits --models conv --max-batch 8192 4096
 
 For each model (vaekit's default conv VAE, the MLP 784-400-20; and BENCHMARKS §7's paper MLP 784-300-300-40
-gated, with the VampPrior or a mixture of 500 components, or as the two-layer hierarchy) on the same
-process and data:
+gated, with the VampPrior or a mixture of 500 components, as the two-layer hierarchy, or with the
+autoregressive likelihood) on the same process and data:
 
   train   optimisation steps of vaekit.train.train_step (batch --batch-size, Adam, dynamic
           binarization): images/s
@@ -46,6 +46,7 @@ MODELS = {
     "vamp": dict(PAPER_MLP, prior="vamp", prior_components=500),
     "mixture": dict(PAPER_MLP, prior="mixture", prior_components=500),
     "hvae": dict(PAPER_MLP, model="hvae"),
+    "autoregressive": dict(PAPER_MLP, autoregressive=True),  # p(x_i | x_<i, z): a masked network beside the decoder
 }
 DEFAULT_MODELS = ["conv", "mlp"]
 

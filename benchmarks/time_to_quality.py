@@ -35,6 +35,7 @@ FASHION_MLP = ["--arch", "mlp", "--hidden", "300", "--hidden-layers", "2", "--ga
 MODELS = {  # name -> vaekit train flags (the dataset is added)
     "default": [],  # `vaekit train --dataset DATASET` (on Fashion-MNIST: the gated MLP, 150 epochs, cosine)
     "conv": ["--arch", "conv"],  # the conv VAE, automatic epochs
+    "autoregressive": ["--autoregressive"],  # the default with p(x_i | x_<i, z)
     "mlp": FASHION_MLP + ["--kl-warmup", "100"],
     "vamp": FASHION_MLP + ["--kl-warmup", "100", "--prior", "vamp", "--prior-components", "500"],
     "mixture": FASHION_MLP + ["--kl-warmup", "100", "--prior", "mixture", "--prior-components", "500"],

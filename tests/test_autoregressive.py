@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import vaekit
 from vaekit.autoregressive import AutoregressiveBernoulli, PixelContext
-from vaekit.models import VAE
+from vaekit.models import CVAE, VAE
 
 SHAPE = (1, 3, 4)  # 12 pixels: all 4,096 images can be enumerated
 
@@ -77,6 +77,15 @@ def test_a_fresh_autoregressive_vae_is_its_factorized_twin():
     x, z = torch.bernoulli(torch.full((50, 1, 4, 4), 0.5)), torch.randn(50, 3)
     assert torch.allclose(plain.likelihood(z).log_prob(x), autoregressive.likelihood(z).log_prob(x), atol=1e-5)
     assert torch.allclose(plain.decode(z), autoregressive.decode(z), atol=1e-5)
+
+
+def test_the_conditional_vae_conditions_the_masked_network_on_the_class_too():
+    cvae = CVAE(CVAE.Config(image_shape=(1, 4, 4), latent_dim=3, hidden=16, arch="mlp", num_classes=3, autoregressive=True))
+    for p in cvae.pixel_context.parameters():
+        torch.nn.init.normal_(p)
+    x, z = torch.bernoulli(torch.full((1, 1, 4, 4), 0.5)), torch.randn(1, 3)
+    corrections = [(lik.logits(x) - lik.base_logits) for lik in (cvae.likelihood(z, torch.tensor([c])) for c in range(3))]
+    assert not torch.allclose(corrections[0], corrections[1]) and not torch.allclose(corrections[1], corrections[2])
 
 
 def test_train_grow_evaluate_and_draw(tmp_path, capsys):

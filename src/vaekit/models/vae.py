@@ -37,6 +37,12 @@ from ..priors import components_option, make_prior, prior_option
 from .base import EvalContext, check_count, class_labels, gaussian_traversal
 
 
+def autoregressive_option() -> bool:
+    return _opt(False, "p(x|z) = prod_i Bernoulli(x_i | x_<i, z): the decoder's logits plus a masked network (MADE) "
+                "over the pixels before each one, in raster order (Bernoulli likelihood; drawing a picture takes one "
+                "step per pixel)")
+
+
 @dataclass(frozen=True)
 class VAEConfig(ModelConfig):
     model: str = "vae"
@@ -44,9 +50,7 @@ class VAEConfig(ModelConfig):
     prior_components: int = components_option()
     train_samples: int = _opt(1, "importance samples of the training objective: 1 = the ELBO, K > 1 = the IWAE "
                               "bound -IWAE_K (Burda et al. 2016; K times the decoder's work per step)", low=1, high=4096)
-    autoregressive: bool = _opt(False, "p(x|z) = prod_i Bernoulli(x_i | x_<i, z): the decoder's logits plus a masked "
-                                "network (MADE) over the pixels before each one, in raster order (Bernoulli "
-                                "likelihood; drawing a picture takes one step per pixel)")
+    autoregressive: bool = autoregressive_option()
 
 
 class VAE(nn.Module):
@@ -161,6 +165,7 @@ class VAE(nn.Module):
 class CVAEConfig(ModelConfig):
     model: str = "cvae"
     class_prior: bool = _opt(True, "a learned Gaussian prior p(z|c) per class (--no-class-prior: p(z) = N(0, I))")
+    autoregressive: bool = autoregressive_option()  # p(x_i | x_<i, z, c)
 
 
 class CVAE(VAE):
