@@ -2,7 +2,7 @@
 pixels before each one (MADE, Germain et al. 2015), conditioned on the latent code:
 
     p(x | z) = prod_i Bernoulli(x_i; sigmoid(l_i)),   l_i = decoder(z)_i + a_i(x_<i, z)
-    a(x, z)  = W_out (mask_out * ...) SiLU(W_in (mask_in * ...) x + W_z z + b) + W_direct (mask_direct * ...) x
+    a(x, z)  = (M_out * W_out) SiLU((M_in * W_in) x + W_z z + b) + (M_direct * W_direct) x    (M: 0/1 masks)
 
 over the C*H*W pixels in raster order. Hidden unit k has a degree m_k in 1..D-1 and sees the pixels
 1..m_k and all of z; pixel i's logit sees the hidden units with m_k < i and, through the direct map,
