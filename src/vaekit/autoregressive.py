@@ -56,8 +56,7 @@ class PixelContext(nn.Module):
         h = F.silu(self.hidden_in(x) + self.context(context))  # (N, H)
         return self.hidden_out(h) + self.direct(x)
 
-    def draw(self, base_logits: torch.Tensor, context: torch.Tensor, fill: str,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def draw(self, base_logits: torch.Tensor, context: torch.Tensor, fill: str) -> torch.Tensor:
         """Pixels one at a time: base_logits (N, D), context (N, Z) -> the filled pixels x (N, D).
 
         fill = "sample": x_i ~ Bernoulli(p_i(x_<i, z)), which feeds the later pixels (ancestral sampling);
@@ -67,7 +66,7 @@ class PixelContext(nn.Module):
         x = torch.zeros_like(base_logits)  # (N, D): the pixels filled so far
         for i in range(base_logits.shape[1]):
             p = torch.sigmoid(base_logits[:, i] + F.silu(pre) @ w_out[i] + x @ w_direct[i])  # (N,)
-            x[:, i] = torch.bernoulli(p, generator=generator) if fill == "sample" else p
+            x[:, i] = torch.bernoulli(p) if fill == "sample" else p
             pre = pre + x[:, i, None] * w_in[:, i]
         return x
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent
 
-from ..config import ModelConfig, _opt
 from ..autoregressive import AutoregressiveBernoulli, PixelContext
+from ..config import ModelConfig, _opt
 from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_networks
