@@ -232,13 +232,17 @@ def read_config(folder: Path) -> tuple[DataConfig, ModelConfig, TrainConfig]:
         raise VaekitError(f"{folder / CONFIG} is not a valid vaekit config: {e}") from None
 
 
-def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path,
+                         partial: bool = False) -> list[str]:
+    """Load `tensors` into `model`, each fitting the model's tensor of its name in shape and dtype. Every one of
+    the model's tensors must be there, unless `partial`: then the others keep their values. Returns their names."""
     expected = model.state_dict()
-    if set(tensors) != set(expected) or any(
-        tensors[k].shape != expected[k].shape or tensors[k].dtype != expected[k].dtype for k in expected
+    if (not partial and set(tensors) != set(expected)) or any(
+        k not in expected or v.shape != expected[k].shape or v.dtype != expected[k].dtype for k, v in tensors.items()
     ):
         raise VaekitError(f"{source} does not match the model in config.json (another model or a tampered file)")
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, strict=not partial)
+    return [k for k in expected if k not in tensors]
 
 
 def check_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
@@ -271,14 +275,13 @@ def load_weights_of_run(model: torch.nn.Module, model_cfg: ModelConfig, folder: 
         check_finite(tensors, folder / BEST)
     except VaekitError as e:
         raise VaekitError(f"--init-from {folder}: {e}") from None
-    expected = model.state_dict()
-    if any(k not in expected or v.shape != expected[k].shape or v.dtype != expected[k].dtype for k, v in tensors.items()):
+    try:
+        return load_state_dict_into(model, tensors, folder / BEST, partial=True)
+    except VaekitError:
         mine, other = to_dict(model_cfg), to_dict(theirs)
         differ = [k for k in sorted(mine.keys() | other.keys()) if mine.get(k) != other.get(k)]
         raise VaekitError(f"--init-from {folder}: its weights do not fit this model (the model settings that differ: "
-                          f"{', '.join(differ) or 'none'})")
-    model.load_state_dict(tensors, strict=False)
-    return [k for k in expected if k not in tensors]
+                          f"{', '.join(differ) or 'none'})") from None
 
 
 def append_metrics(folder: Path, record: dict[str, Any]) -> None:
