@@ -81,6 +81,21 @@ def test_init_from_starts_from_another_runs_best_weights(tmp_path, capsys):
     assert f"--init-from {tmp_path / 'nowhere'}: run folder" in capsys.readouterr().err
 
 
+def test_weight_decay_is_decoupled(tmp_path):
+    """--weight-decay is AdamW's: each step shrinks every weight by the factor 1 - lr * wd, whatever its
+    gradient. (Adam's L2 penalty would go through the normalised step and move nothing at lr 1e-12.)"""
+    options = dict(dataset="digits", width=8, hidden=32, latent_dim=4, progress=False)
+    source = vaekit.train(tmp_path / "source", epochs=1, **options)
+    decayed = vaekit.train(tmp_path / "decayed", epochs=1, lr=1e-12, lr_schedule="constant", weight_decay=1e9,
+                           init_from=str(source), **options)
+    steps = json.loads((decayed / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    before, after = load_file(source / "model.safetensors"), load_file(decayed / "model.safetensors")
+    factor = (1 - 1e-12 * 1e9) ** steps
+    assert steps > 10 and factor < 0.99
+    for k in before:
+        torch.testing.assert_close(after[k], before[k] * factor, rtol=1e-5, atol=1e-9, msg=k)
+
+
 def test_existing_run_is_refused_without_overwrite(digits_run, tmp_path):
     with pytest.raises(VaekitError, match="--overwrite"):
         vaekit.train(digits_run, dataset="digits", epochs=1, progress=False)

@@ -372,8 +372,9 @@ def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out:
     model = model.to(device)
     torch.manual_seed(cfg.seed + 7919 * group.rank)  # each rank draws its own noise
     # The fused Adam kernel (CPU and CUDA) updates every parameter in one pass instead of ~10 ops each.
+    # Decoupled weight decay (AdamW); a resumed run keeps the setting its checkpoint was written with.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=device.type in ("cpu", "cuda"))
+                                 decoupled_weight_decay=True, fused=device.type in ("cpu", "cuda"))
     # Polyak averaging: validation, best weights and pictures use the average of the trajectory.
     averaged = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else model
     train_data = training_targets(dataset.train, mode, data_cfg.split_seed + 1, device)
