@@ -88,6 +88,25 @@ def test_the_conditional_vae_conditions_the_masked_network_on_the_class_too():
     assert not torch.allclose(corrections[0], corrections[1]) and not torch.allclose(corrections[1], corrections[2])
 
 
+@pytest.mark.parametrize("model, options", [
+    (VAE, dict(arch="mlp", autoregressive=True)), (VAE, dict(arch="mlp")), (VAE, dict(arch="conv")),
+    (VAE, dict(arch="mlp", likelihood="gaussian")), (CVAE, dict(arch="conv", autoregressive=True, num_classes=3)),
+])
+def test_k_latent_samples_of_each_image_share_it(model, options):
+    """likelihood(z: (K, B, D)).log_prob(x: (B, ...)) is each image scored under each of its K codes (the
+    IWAE's samples): the same numbers as K stacked copies of the images, without making the copies."""
+    torch.manual_seed(0)
+    net = model(model.Config(image_shape=(1, 8, 8), latent_dim=3, hidden=16, width=4, **options))
+    for p in net.parameters():  # the masked network's output maps start at zero: give them weights
+        torch.nn.init.normal_(p, std=0.3)
+    x, z = torch.bernoulli(torch.full((5, 1, 8, 8), 0.5)), torch.randn(4, 5, 3)
+    c = torch.tensor([0, 1, 2, 0, 1]) if model is CVAE else None
+    shared = net.likelihood(z, None if c is None else c.expand(4, 5)).log_prob(x)
+    copies = net.likelihood(z.flatten(0, 1), None if c is None else c.repeat(4)).log_prob(x.repeat(4, 1, 1, 1))
+    assert shared.shape == (4, 5)
+    torch.testing.assert_close(shared, copies.view(4, 5), rtol=1e-5, atol=1e-4)
+
+
 def test_train_grow_evaluate_and_draw(tmp_path, capsys):
     """--init-from a factorized run adds the masked network, started fresh and said so; the run trains,
     evaluates (-log p(x) <= -ELBO) and draws its pictures; the reverse does not fit."""

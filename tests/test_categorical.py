@@ -35,7 +35,7 @@ def digits_batch(n: int = 32) -> torch.Tensor:
 
 
 def is_one_hot(z: torch.Tensor, groups: int, categories: int) -> bool:
-    z = z.reshape(len(z), groups, categories)
+    z = z.reshape(-1, groups, categories)  # (N, G, K), every leading dimension (e.g. K samples of B images) in N
     return bool(((z == 0) | (z == 1)).all() and (z.sum(-1) == 1).all())
 
 

@@ -66,7 +66,7 @@ class LinearGaussian:
         return standard_normal(self.W.shape[1])
 
     def likelihood(self, z: torch.Tensor, c=None):
-        return gaussian_likelihood((z @ self.W.T + self.b).view(-1, 1, 1, self.W.shape[0]), self.s)
+        return gaussian_likelihood((z @ self.W.T + self.b).view(*z.shape[:-1], 1, 1, self.W.shape[0]), self.s)
 
     def eval(self):
         return self

@@ -39,7 +39,8 @@ class MaskedLinear(nn.Linear):
 
 
 class PixelContext(nn.Module):
-    """a(x, z): (N, D) pixels and (N, Z) latent context -> (N, D) logit corrections, a_i from x_<i and z."""
+    """a(x, z): (B, D) pixels and (..., B, Z) latent context -> (..., B, D) logit corrections, a_i from x_<i
+    and z. The pixels' part is computed once per image, however many latent samples share it."""
 
     def __init__(self, pixels: int, context_dim: int, hidden: int):
         super().__init__()
@@ -53,7 +54,7 @@ class PixelContext(nn.Module):
         nn.init.zeros_(self.direct.weight)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.hidden_in(x) + self.context(context))  # (N, H)
+        h = F.silu(self.hidden_in(x) + self.context(context))  # (..., B, H)
         return self.hidden_out(h) + self.direct(x)
 
     def draw(self, base_logits: torch.Tensor, context: torch.Tensor, fill: str) -> torch.Tensor:
@@ -78,23 +79,26 @@ class AutoregressiveBernoulli(Distribution):
     support = constraints.independent(constraints.boolean, 3)
 
     def __init__(self, base_logits: torch.Tensor, net: PixelContext, context: torch.Tensor):
-        """base_logits: (N, C, H, W), the factorized decoder's output; context: (N, Z), what the net is conditioned on."""
+        """base_logits: (..., B, C, H, W), the factorized decoder's output; context: (..., B, Z), what the net
+        is conditioned on. The leading dimensions may hold K latent samples of each of B images."""
         self.base_logits, self.net, self.context = base_logits, net, context
         super().__init__(base_logits.shape[:-3], base_logits.shape[-3:], validate_args=False)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """l = decoder(z) + a(x_<., z): (N, C, H, W), for images x shaped like base_logits."""
-        flat = x.reshape(len(x), -1)
+        """l = decoder(z) + a(x_<., z): (..., B, C, H, W), for images x (B, C, H, W) or shaped like base_logits."""
+        flat = x.flatten(-3)  # (B, D): the masked network reads each image once
         return self.base_logits + self.net(flat, self.context).view_as(self.base_logits)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) summed over the pixels: (N,)."""
+        """log p(x|z) summed over the pixels: (..., B)."""
         logits = self.logits(value)
+        value = value.expand_as(logits)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum((-3, -2, -1))
 
     def _draw(self, fill: str) -> torch.Tensor:
-        base = self.base_logits.reshape(len(self.base_logits), -1)
-        return self.net.draw(base, self.context, fill).view_as(self.base_logits)
+        base = self.base_logits.reshape(-1, self.event_shape.numel())  # (N, D), every leading dimension in N
+        context = self.context.reshape(-1, self.context.shape[-1])
+        return self.net.draw(base, context, fill).view_as(self.base_logits)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -79,12 +79,12 @@ def standard_normal(latent_dim: int, device: torch.device | str = "cpu") -> Inde
 
 
 class PixelBernoulli(Bernoulli):
-    """Bernoulli(sigmoid(logits)) whose log_prob of targets shaped like the logits skips the broadcast."""
+    """Bernoulli(sigmoid(logits)) whose log_prob is one BCE pass; images (B, C, H, W) broadcast against
+    logits (K, B, C, H, W) of K latent samples each, without a copy."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if value.shape != self.logits.shape:
-            return super().log_prob(value)
-        return -F.binary_cross_entropy_with_logits(self.logits, value, reduction="none")
+        logits, value = torch.broadcast_tensors(self.logits, value)  # views, no copies
+        return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
 
 
 def bernoulli_likelihood(logits: torch.Tensor) -> Independent:

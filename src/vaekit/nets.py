@@ -99,7 +99,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z: (B, D), onehot: (B, K) or None -> per-pixel parameters (B, C, H, W).
+    """z: (..., D), onehot: (..., K) or None -> per-pixel parameters (..., C, H, W).
 
     stages: modules applied in turn to the (B, ch, h, w) features; with classes, each stage's input
     gets a per-class bias (the conv decoder's stages; an MLP has none: its features are the image)."""
@@ -116,14 +116,17 @@ class Decoder(nn.Module):
         self.class_bias = nn.ModuleList(nn.Linear(num_classes, ch, bias=False) for ch in channels)
 
     def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        lead = z.shape[:-1]  # (B,), or (K, B) for K latent samples of each of B images
+        z = z.reshape(-1, z.shape[-1])
         if onehot is not None:
+            onehot = onehot.reshape(-1, onehot.shape[-1])
             z = torch.cat([z, onehot], dim=-1)
         h = self.unflatten(self.to_features(dense(z, self.fc, self.deeper)))
         for i, stage in enumerate(self.stages):
             if onehot is not None and self.class_bias:
                 h = h + self.class_bias[i](onehot)[:, :, None, None]
             h = stage(h)
-        return h
+        return h.view(*lead, *h.shape[1:])
 
 
 def stage_in_channels(stage: nn.Module) -> int:

@@ -24,7 +24,9 @@ from .priors import has_closed_form_kl
 class LatentVariableModel(Protocol):
     def posterior(self, x: torch.Tensor, c: torch.Tensor | None = None) -> Distribution: ...
     def prior(self, c: torch.Tensor | None = None) -> Distribution: ...
-    def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution: ...
+    def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
+        """p(x | z[, c]) for z: (..., B, D) and c: (..., B), batch shape (..., B); its log_prob takes the
+        images (B, C, H, W), so K samples of each image, z: (K, B, D), share one copy of it."""
 
 
 def elbo(
@@ -79,9 +81,8 @@ def iwae_objective(model: LatentVariableModel, x: torch.Tensor, c: torch.Tensor 
     """
     posterior, prior = model.posterior(x, c), model.prior(c)
     z = posterior.rsample((num_samples,))  # (K, B, D)
-    xs = x.expand(num_samples, *x.shape).reshape(-1, *x.shape[1:])
-    cs = None if c is None else c.expand(num_samples, *c.shape).reshape(-1)
-    log_lik = model.likelihood(z.reshape(-1, z.shape[-1]), cs).log_prob(xs).view(num_samples, -1)  # (K, B)
+    cs = None if c is None else c.expand(num_samples, *c.shape)  # (K, B)
+    log_lik = model.likelihood(z, cs).log_prob(x)  # (K, B): each image broadcast over its K samples
     log_w = log_lik + prior.log_prob(z) - posterior.log_prob(z)
     neg_iwae = -iwae_bound(log_w)
     recon = -log_lik.mean(0)
@@ -124,9 +125,8 @@ def importance_samples(
     for start in range(0, num_samples, chunk):
         k = min(chunk, num_samples - start)
         z = posterior.sample((k,))  # (k, B, D)
-        xs = x.expand(k, *x.shape).reshape(-1, *x.shape[1:])
-        cs = None if c is None else c.expand(k, *c.shape).reshape(-1)
-        ll = model.likelihood(z.reshape(-1, z.shape[-1]), cs).log_prob(xs).view(k, -1)
+        cs = None if c is None else c.expand(k, *c.shape)  # (k, B)
+        ll = model.likelihood(z, cs).log_prob(x)  # (k, B)
         log_lik.append(ll)
         log_w.append(ll + prior.log_prob(z) - posterior.log_prob(z))
     return {"log_likelihood": torch.cat(log_lik), "log_weights": torch.cat(log_w)}

@@ -101,7 +101,7 @@ class CategoricalVAE(nn.Module):
 
     # ---- generative: p(z) uniform, p(x | z)
     def likelihood(self, z: torch.Tensor) -> Independent:
-        """z: (B, G*K) one-hot codes (or relaxed ones)."""
+        """z: (..., B, G*K) one-hot codes (or relaxed ones); batch shape (..., B)."""
         out = self.decoder(z)
         return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
 
@@ -184,8 +184,7 @@ class CategoricalVAE(nn.Module):
         for start in range(0, num_samples, chunk):
             k = min(chunk, num_samples - start)
             index = posterior.sample((k,))  # (k, B, G)
-            xs = x.expand(k, *x.shape).reshape(-1, *x.shape[1:])
-            ll = self.likelihood(self._onehot(index).flatten(0, 1)).log_prob(xs).view(k, -1)  # (k, B)
+            ll = self.likelihood(self._onehot(index)).log_prob(x)  # (k, B): each image broadcast over its k codes
             log_lik.append(ll)
             log_w.append(ll + log_prior - posterior.log_prob(index).sum(-1))
         return {"recon": -torch.cat(log_lik).mean(0), "kl": kl_per_group.sum(-1), "kl_per_dim": kl_per_group,

@@ -118,8 +118,7 @@ class HVAE(nn.Module):
             z2 = q2.sample((k,))  # (k, B, D2)
             q1 = self.bottom_posterior(features.expand(k, *features.shape), z2)
             z1 = q1.sample()  # (k, B, D1)
-            xs = x.expand(k, *x.shape).reshape(-1, *x.shape[1:])
-            ll = self.likelihood(z1.reshape(-1, self.d1), z2.reshape(-1, self.d2)).log_prob(xs).view(k, -1)
+            ll = self.likelihood(z1, z2).log_prob(x)  # (k, B): each image broadcast over its k samples
             log_lik.append(ll)
             log_w.append(ll + self.conditional_prior(z2).log_prob(z1) + prior.log_prob(z2) - q1.log_prob(z1)
                          - q2.log_prob(z2))

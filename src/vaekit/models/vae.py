@@ -94,8 +94,9 @@ class VAE(nn.Module):
         return self.latent_prior(self.posterior)
 
     def likelihood(self, z: torch.Tensor, c: torch.Tensor | None = None) -> Distribution:
+        """p(x | z[, c]) for z: (..., B, D), batch shape (..., B): its log_prob takes images (B, C, H, W)."""
         onehot = self.condition(c)
-        out = self.decoder(z, onehot)  # (B, C, H, W)
+        out = self.decoder(z, onehot)  # (..., B, C, H, W)
         if self.pixel_context is not None:
             context = z if onehot is None else torch.cat([z, onehot], -1)
             return AutoregressiveBernoulli(out, self.pixel_context, context)
