@@ -139,3 +139,15 @@ def test_a_gaussian_likelihood_cannot_be_autoregressive(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--autoregressive is a Bernoulli likelihood" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_masked_network_has_its_own_width_and_needs_autoregressive(tmp_path, capsys):
+    from vaekit.cli import main
+
+    cfg = VAE.Config(image_shape=(1, 4, 4), latent_dim=3, hidden=16, arch="mlp", autoregressive=True)
+    assert VAE(cfg).pixel_context.context.out_features == 16  # 0: --hidden
+    assert VAE(dataclasses.replace(cfg, autoregressive_hidden=40)).pixel_context.context.out_features == 40
+    code = main(["train", "--autoregressive-hidden", "40", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--autoregressive-hidden sizes the masked network of --autoregressive: add --autoregressive" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

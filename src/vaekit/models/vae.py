@@ -43,6 +43,10 @@ def autoregressive_option() -> bool:
                 "step per pixel)")
 
 
+def autoregressive_hidden_option() -> int:
+    return _opt(0, "hidden units of --autoregressive's masked network (0: --hidden)", low=0, high=65536)
+
+
 @dataclass(frozen=True)
 class VAEConfig(ModelConfig):
     model: str = "vae"
@@ -51,6 +55,7 @@ class VAEConfig(ModelConfig):
     train_samples: int = _opt(1, "importance samples of the training objective: 1 = the ELBO, K > 1 = the IWAE "
                               "bound -IWAE_K (Burda et al. 2016; K times the decoder's work per step)", low=1, high=4096)
     autoregressive: bool = autoregressive_option()
+    autoregressive_hidden: int = autoregressive_hidden_option()
 
 
 class VAE(nn.Module):
@@ -69,10 +74,14 @@ class VAE(nn.Module):
         self.latent_prior = make_prior(getattr(cfg, "prior", "normal"), cfg.latent_dim,
                                        getattr(cfg, "prior_components", 0), cfg.image_shape)
         self.pixel_context = None  # a(x_<i, z) of the autoregressive likelihood (a config without the field: none)
+        hidden = getattr(cfg, "autoregressive_hidden", 0)
         if getattr(cfg, "autoregressive", False):
             if cfg.likelihood != "bernoulli":
                 raise VaekitError("--autoregressive is a Bernoulli likelihood over binary pixels: drop --likelihood gaussian")
-            self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes, cfg.hidden)
+            self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes,
+                                              hidden or cfg.hidden)
+        elif hidden:
+            raise VaekitError("--autoregressive-hidden sizes the masked network of --autoregressive: add --autoregressive")
 
     @property
     def num_classes(self) -> int:
@@ -167,6 +176,7 @@ class CVAEConfig(ModelConfig):
     model: str = "cvae"
     class_prior: bool = _opt(True, "a learned Gaussian prior p(z|c) per class (--no-class-prior: p(z) = N(0, I))")
     autoregressive: bool = autoregressive_option()  # p(x_i | x_<i, z, c)
+    autoregressive_hidden: int = autoregressive_hidden_option()
 
 
 class CVAE(VAE):
