@@ -126,7 +126,7 @@ class Decoder(nn.Module):
             if onehot is not None and self.class_bias:
                 h = h + self.class_bias[i](onehot)[:, :, None, None]
             h = stage(h)
-        return h.view(*lead, *h.shape[1:])
+        return h.reshape(*lead, *h.shape[1:])
 
 
 def stage_in_channels(stage: nn.Module) -> int:
