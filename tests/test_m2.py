@@ -59,7 +59,7 @@ def test_unlabelled_bound_enumerates_every_class_weighted_by_q():
     model = tiny_m2(k=3).train()
     seen = []
 
-    def given_y(x, y):  # a known stand-in for the per-class -ELBO: recon = 10 y + 1, KL = y
+    def given_y(x, y, prior):  # a known stand-in for the per-class -ELBO: recon = 10 y + 1, KL = y
         seen.append(y.clone())
         return 10 * y.double() + 1, y.double()
 
@@ -78,7 +78,7 @@ def test_unlabelled_bound_enumerates_every_class_weighted_by_q():
 
 def test_labelled_images_use_the_labelled_bound_and_the_classifier_term():
     model = tiny_m2(k=3, alpha=2.0).train()
-    model._neg_elbo_given_y = lambda x, y: (10 * y.float() + 1, y.float())
+    model._neg_elbo_given_y = lambda x, y, prior: (10 * y.float() + 1, y.float())
     x = torch.rand(4, 1, 8, 8).bernoulli()
     y = torch.tensor([2, -1, 0, -1])
     terms = model(x, y)
@@ -110,6 +110,36 @@ def test_bounds_sum_classes_out_and_score_the_classifier():
     torch.manual_seed(1)
     again = model.bounds(x, y, num_samples=50, chunk=30)
     assert torch.equal(again["nll"], b["nll"])
+
+
+def test_vamp_prior_is_the_pseudo_inputs_posteriors_with_labels_m_mod_k():
+    """p(z) = (1/M) sum_m q(z | u_m, y_m = m mod K), the same for every y; it learns from M2's loss."""
+    model = tiny_m2(k=3, prior="vamp", prior_components=5).train()
+    z = torch.randn(7, 2)
+    u = model.latent_prior.pseudo_inputs()
+    q = model.posterior(u, torch.tensor([0, 1, 2, 0, 1]))
+    expected = torch.logsumexp(q.log_prob(z[:, None, :]), dim=-1) - math.log(5)  # (7,)
+    torch.testing.assert_close(model.prior().log_prob(z), expected)
+    torch.testing.assert_close(model.prior(torch.tensor([2])).log_prob(z), expected)
+    x = torch.rand(4, 1, 8, 8).bernoulli()
+    model(x, torch.tensor([2, -1, 0, -1]))["loss"].backward()
+    assert model.latent_prior.pseudo_logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("prior", ["mixture", "vamp"])
+def test_m2_with_a_mixture_prior_bounds_and_samples(prior):
+    model = tiny_m2(k=3, prior=prior, prior_components=4).eval()
+    x = torch.rand(6, 1, 8, 8).bernoulli()
+    b = model.bounds(x, torch.tensor([0, 1, 2, -1, 0, 1]), num_samples=50, chunk=30)
+    assert torch.isfinite(b["nll"]).all() and "kl_per_dim" not in b  # no closed form, no per-dimension KL
+    assert (b["nll"] <= b["recon"] + b["kl"] + 1.0).all()
+    assert model.sample(5, labels=1).shape == (5, 1, 8, 8)
+    assert not any("pseudo_labels" in k for k in model.state_dict())  # rebuilt from the config
+
+
+def test_m2_with_the_normal_prior_keeps_its_checkpoint_keys():
+    """Runs saved before --prior existed load: N(0, I) adds no weights."""
+    assert not any("prior" in k for k in tiny_m2().state_dict())
 
 
 # ---- data: labels with holes, balanced subsets, mixed batches

@@ -1,13 +1,18 @@
 """The semi-supervised VAE "M2" (Kingma, Rezende, Mohamed & Welling 2014): the label y is a latent
 variable, observed where it is known and summed out where it is not.
 
-    generative:  p(y) = Cat(1/K),  p(z) = N(0, I),  p(x | y, z) = Bernoulli(logits(z, y)) or N(mean(z, y), s^2)
+    generative:  p(y) = Cat(1/K),  p(z) = N(0, I) or a --prior mixture (priors.py),
+                 p(x | y, z) = Bernoulli(logits(z, y)) or N(mean(z, y), s^2)
     inference:   q(y | x) = Cat(softmax(classifier(x))),   q(z | x, y) = N(loc(x, y), diag(scale(x, y)^2))
 
     labelled x, y:   -L(x, y) = -E_q(z|x,y)[log p(x|y,z)] + KL(q(z|x,y) || p(z)) - log p(y)
     unlabelled x:    -U(x)    = sum_y q(y|x) [-L(x, y)] - H(q(y|x))
                               = sum_y q(y|x) [recon_y + KL_z,y] + KL(q(y|x) || p(y))
     training loss:   (sum over the batch of -L or -U  +  alpha * sum over its labelled images of -log q(y|x)) / B
+
+p(z) does not depend on y. With --prior vamp it is (1/M) sum_m q(z | u_m, y_m): the pseudo-inputs u_m
+carry fixed labels y_m = m mod K, so every class has its share of them. The mixtures have no closed-form
+KL: z's KL is then the one-sample estimate log q(z|x,y) - log p(z) (objectives.latent_kl).
 
 The sum over y is exact: each unlabelled image is decoded as every class in one batched pass, never
 with a sampled y. -U(x) is a bound on -log p(x), comparable with the VAE's -ELBO; validation and
@@ -38,19 +43,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Independent, kl_divergence
+from torch.distributions import Distribution, Independent
 
 from ..config import ModelConfig, _opt
 from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_classifier, make_networks
-from ..objectives import gaussian_latent_bounds
+from ..objectives import gaussian_latent_bounds, latent_kl
+from ..priors import components_option, make_prior, prior_option
 from .base import EvalContext, check_count, class_labels, gaussian_traversal
 
 
 @dataclass(frozen=True)
 class M2Config(ModelConfig):
     model: str = "m2"
+    prior: str = prior_option()
+    prior_components: int = components_option()
     alpha: float | None = _opt(None, "weight of -log q(y|x) per labelled image, against that image's -ELBO "
                                "(default: Kingma et al.'s 0.1 N / N_labelled; 0 turns the classifier term off)", low=0)
     # Filled in from the data, not from flags: N_labelled / N of the training images.
@@ -68,8 +76,9 @@ class M2(nn.Module):
         self.cfg = cfg
         self.classifier = make_classifier(cfg, cfg.num_classes)  # q(y|x)
         self.encoder, self.decoder = make_networks(cfg, cfg.num_classes)  # q(z|x,y), p(x|y,z)
-        self.register_buffer("prior_loc", torch.zeros(cfg.latent_dim), persistent=False)
-        self.register_buffer("prior_scale", torch.ones(cfg.latent_dim), persistent=False)
+        self.latent_prior = make_prior(cfg.prior, cfg.latent_dim, cfg.prior_components, cfg.image_shape)  # p(z)
+        # the labels of the VampPrior's pseudo-inputs, m mod K (non-persistent: rebuilt from the config)
+        self.register_buffer("pseudo_labels", torch.arange(cfg.prior_components) % cfg.num_classes, persistent=False)
         self.alpha = 0.1 / max(cfg.labelled_fraction, 1e-12) if cfg.alpha is None else cfg.alpha
 
     @property
@@ -86,28 +95,28 @@ class M2(nn.Module):
         return diagonal_gaussian(loc, scale)
 
     # ---- generative: p(z), p(y) uniform, p(x | y, z)
-    def prior(self, y: torch.Tensor | None = None) -> Independent:
-        return diagonal_gaussian(self.prior_loc, self.prior_scale)
+    def prior(self, y: torch.Tensor | None = None) -> Distribution:
+        """p(z), event shape (D,), the same for every y: N(0, I) or the --prior mixture."""
+        return self.latent_prior(lambda u: self.posterior(u, self.pseudo_labels[: len(u)]))
 
     def likelihood(self, z: torch.Tensor, y: torch.Tensor) -> Independent:
         out = self.decoder(z, self._onehot(y))
         return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
 
     def _onehot(self, y: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(y, self.cfg.num_classes).to(self.prior_loc.dtype)
+        return F.one_hot(y, self.cfg.num_classes).to(self.encoder.out.weight.dtype)
 
     def _every_class(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image once per class, class-major: x (B, ...) -> (K*B, ...), y (K*B,) = 0..0, 1..1, ..."""
         k = self.cfg.num_classes
         return x.repeat(k, *([1] * (x.dim() - 1))), torch.arange(k, device=x.device).repeat_interleave(len(x))
 
-    def _neg_elbo_given_y(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _neg_elbo_given_y(self, x: torch.Tensor, y: torch.Tensor, prior: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
         """One reparameterised sample: -log p(x|y,z) and KL(q(z|x,y) || p(z)), each (B,)."""
         posterior = self.posterior(x, y)
         z = posterior.rsample()
         recon = -self.likelihood(z, y).log_prob(x)
-        kl = kl_divergence(posterior.base_dist, self.prior().base_dist).sum(-1)
-        return recon, kl
+        return recon, latent_kl(posterior, prior, z)[0]
 
     # ---- objective
     def forward(
@@ -117,29 +126,31 @@ class M2(nn.Module):
             raise VaekitError("--free-bits is not defined for --model m2 (its KL mixes classes): leave it at 0")
         y = torch.full((len(x),), -1, device=x.device) if y is None else y
         log_qy = self.label_posterior(x)  # (B, K)
+        prior = self.prior()  # once per batch (the VampPrior encodes its pseudo-inputs)
         known = y >= 0
         if not self.training:  # validation: every image as unlabelled (a bound on -log p(x)), q(y|x) scored apart
             known_y = y[known]
-            terms = self._unlabelled(x, log_qy, beta)
+            terms = self._unlabelled(x, log_qy, prior, beta)
             del terms["weighted"]
             terms["classifier_nll"] = -log_qy[known].gather(1, known_y[:, None])[:, 0]
             terms["label_error"] = (log_qy[known].argmax(-1) != known_y).float()
             terms["loss"] = terms["neg_elbo"].mean()
             return terms
         xl, yl, log_qy_l = x[known], y[known], log_qy[known]
-        recon_l, kl_l = self._neg_elbo_given_y(xl, yl)
+        recon_l, kl_l = self._neg_elbo_given_y(xl, yl, prior)
         log_k = math.log(self.cfg.num_classes)  # -log p(y)
         labelled = recon_l + kl_l + log_k
         classifier_nll = -log_qy_l.gather(1, yl[:, None])[:, 0]
-        terms = self._unlabelled(x[~known], log_qy[~known], beta)
+        terms = self._unlabelled(x[~known], log_qy[~known], prior, beta)
         loss = (terms.pop("weighted").sum() + (recon_l + beta * kl_l + log_k).sum()
                 + self.alpha * classifier_nll.sum()) / len(x)
         return {"loss": loss, **terms, "labelled_neg_elbo": labelled, "classifier_nll": classifier_nll}
 
-    def _unlabelled(self, x: torch.Tensor, log_qy: torch.Tensor, beta: float | torch.Tensor) -> dict[str, torch.Tensor]:
+    def _unlabelled(self, x: torch.Tensor, log_qy: torch.Tensor, prior: Distribution,
+                    beta: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """-U(x) = recon + kl with y summed out exactly; `weighted` has the KL of z weighted by beta."""
         qy = log_qy.exp()  # (B, K)
-        recon_y, kl_y = (t.view(self.cfg.num_classes, len(x)).T for t in self._neg_elbo_given_y(*self._every_class(x)))
+        recon_y, kl_y = (t.view(self.cfg.num_classes, len(x)).T for t in self._neg_elbo_given_y(*self._every_class(x), prior))
         recon = (qy * recon_y).sum(-1)
         kl_z = (qy * kl_y).sum(-1)
         kl_label = (qy * (log_qy + math.log(self.cfg.num_classes))).sum(-1)  # KL(q(y|x) || uniform)
@@ -168,9 +179,10 @@ class M2(nn.Module):
         terms = {
             "recon": (qy * per_class(given_y["recon"])).sum(-1),
             "kl": (qy * per_class(given_y["kl"])).sum(-1) + kl_label,
-            "kl_per_dim": (qy[..., None] * per_class(given_y["kl_per_dim"])).sum(1),
             "nll": -torch.logsumexp(-per_class(given_y["nll"]) - math.log(k), dim=-1),
         }
+        if "kl_per_dim" in given_y:  # a Gaussian prior: z's KL per dimension
+            terms["kl_per_dim"] = (qy[..., None] * per_class(given_y["kl_per_dim"])).sum(1)
         y = torch.full((b,), -1, device=x.device) if y is None else y
         terms["label_error"] = (log_qy.argmax(-1) != y)[y >= 0].float()
         return terms
@@ -189,9 +201,9 @@ class M2(nn.Module):
     # ---- uses
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
-        """n images E[x|y,z], z ~ N(0, I): (n, C, H, W) in [0, 1], for labels y (one int or n ints)."""
+        """n images E[x|y,z], z ~ p(z): (n, C, H, W) in [0, 1], for labels y (one int or n ints)."""
         n = check_count(n)
-        y = class_labels(labels, n, self.num_classes, self.prior_loc.device)
+        y = class_labels(labels, n, self.num_classes, self.encoder.out.weight.device)
         return likelihood_mean(self.likelihood(self.prior().sample((n,)), y))
 
     def _known_or_predicted(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
