@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vaekit import ModelConfig
-from vaekit.evaluate import evaluate, format_report
+from vaekit.evaluate import default_max_batch, evaluate, format_report
 from vaekit.models import VAE
 
 
@@ -27,6 +27,14 @@ def test_chunked_evaluation_equals_one_big_batch(model_and_data):
     one_chunk = evaluate(model, x, iw_samples=50, max_batch=50 * 40)
     same = evaluate(model, x, iw_samples=50, max_batch=50 * 40)
     assert one_chunk["nll"] == same["nll"]  # fixed seed: repeatable
+
+
+def test_the_decoder_pass_is_small_on_the_cpu_and_large_on_a_gpu():
+    # CPU: below glibc's mmap threshold (BENCHMARKS §7); GPU: enough pairs to keep the device busy
+    assert default_max_batch((1, 28, 28)) == default_max_batch((1, 28, 28), "cpu") == 2**18 // 784 == 334
+    assert default_max_batch((1, 28, 28), torch.device("cuda")) == 2**23 // 784 == 10699
+    assert default_max_batch((1, 8, 8), "cuda") == 65536 and default_max_batch((3, 256, 256), "cuda") == 4096
+    assert default_max_batch((3, 256, 256)) == 256 and default_max_batch((1, 8, 8)) == 4096
 
 
 def test_iwae_below_neg_elbo_and_tightens_with_k(digits_run):

@@ -103,7 +103,8 @@ def build_parser() -> Parser:
     p.add_argument("--iw-samples", type=_number(int), default=1000, help="importance samples K (default: 1000)")
     p.add_argument("--limit", type=_number(int), help="evaluate only the first N test images (quicker, larger standard errors)")
     p.add_argument("--max-batch", type=_number(int),
-                   help="(image, sample) pairs per decoder pass, the memory cap (default: 2**18 / pixels, 256 to 4096)")
+                   help="(image, sample) pairs per decoder pass, the memory cap (default: 2**18 / pixels, 256 to 4096, "
+                        "on the CPU; 2**23 / pixels, 4096 to 65536, on a GPU)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--samples-per-class", type=_number(int), default=1000,
                    help="models that draw classes: samples per class judged by the classifier (default: 1000)")
