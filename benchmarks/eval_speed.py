@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/eval_speed.py                       # Fashion-MNIST: conv and MLP
     OMP_NUM_THREADS=1 python benchmarks/eval_speed.py --models conv mlp paper-mlp vamp mixture hvae
     python benchmarks/eval_speed.py --dataset digits --models conv --max-batch 8192 4096
+    python benchmarks/eval_speed.py --device cuda --models conv mlp autoregressive --max-batch 334 0 65536
     OMP_NUM_THREADS=1 python benchmarks/eval_speed.py --models paper-mlp autoregressive --train-samples 20
 
 For each model (vaekit's default conv VAE, the MLP 784-400-20; and BENCHMARKS §7's paper MLP 784-300-300-40
@@ -72,14 +73,17 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, nargs="+", default=[0], help="0: vaekit's default")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--train-samples", type=int, default=1, help="train on IWAE_K (1: the ELBO)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     data = load_dataset(DataConfig(dataset=args.dataset))
-    train_x = data.train.to_float()
-    test_x = fixed_targets(data.test, "dynamic", 3, "cpu").x[: args.images]
+    train_x = data.train.to_float().to(device)
+    test_x = fixed_targets(data.test, "dynamic", 3, device).x[: args.images]
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    print(f"{args.dataset}; CPU: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
+    gpu = f"GPU: {torch.cuda.get_device_name(device)}; " if device.type == "cuda" else ""
+    print(f"{args.dataset}; {gpu}CPU: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
           f"K = {args.iw_samples}, {args.images} test images; median of {args.repeats}; "
           f"training on {'the ELBO' if args.train_samples == 1 else f'IWAE_{args.train_samples}'}\n")
     print("| model | decoder pass (pairs) | train images/s | eval image-samples/s | eval / train | "
@@ -95,17 +99,19 @@ def main() -> None:
                 options["train_samples"] = args.train_samples
             else:
                 label = f"{name} (no IWAE training: the ELBO)"
-        model = models.build(config(image_shape=data.image_shape, **options))
+        model = models.build(config(image_shape=data.image_shape, **options)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device).manual_seed(0)
 
         def train() -> None:
             model.train()
             for _ in range(args.steps):
-                index = torch.randint(len(train_x), (args.batch_size,), generator=generator)
+                index = torch.randint(len(train_x), (args.batch_size,), generator=generator, device=device)
                 train_step(model, optimizer, torch.bernoulli(train_x[index], generator=generator), None, {})
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # evaluate() returns Python floats: it synchronises itself
 
-        passes = [m or default_max_batch(data.image_shape) for m in args.max_batch]
+        passes = [m or default_max_batch(data.image_shape, device) for m in args.max_batch]
         train_speed, results = [], {p: [] for p in passes}
         for _ in range(args.repeats):
             wall, *_ = measured(train)
@@ -118,7 +124,7 @@ def main() -> None:
             speed = statistics.median(r[0] for r in results[p])
             system = statistics.median(r[1] for r in results[p])
             faults = statistics.median(r[2] for r in results[p])
-            default = " (default)" if p == default_max_batch(data.image_shape) else ""
+            default = " (default)" if p == default_max_batch(data.image_shape, device) else ""
             print(f"| {label} | {p}{default} | {train_median:,.0f} | {speed:,.0f} | {speed / train_median:.1f}x | "
                   f"{100 * system:.0f} % | {faults:,.0f} |")
 
