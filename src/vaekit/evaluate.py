@@ -39,9 +39,9 @@ def _mean_se(values: torch.Tensor) -> tuple[float | None, float | None]:
 def default_max_batch(image_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
     """(image, sample) pairs per decoder pass: on the CPU 2**18 / pixels, between 256 and 4096 (334 at 28x28).
 
-    On a GPU 2**23 / pixels, between 4096 and 65536 (10,699 at 28x28: about 1 GB for a decoder layer
-    of 32 channels): there a pass costs its kernel launches more than its arithmetic, and 334 pairs
-    would leave the device idle. On the CPU:
+    On a GPU 2**23 / pixels, between 4096 and 65536 (10,699 at 28x28: 0.5 GB for the default conv
+    decoder's 16-channel 28x28 layer): there 334 pairs left an H200 idle, and this pass evaluated
+    12-20x faster (BENCHMARKS.md §8). On the CPU:
 
     Small enough that the decoder's largest activation (a few MB) stays below glibc's mmap threshold:
     larger passes (2**21 / pixels before) got fresh pages from the kernel for every chunk and gave
