@@ -290,7 +290,7 @@ def test_closed_form_kl_matches_textbook_and_monte_carlo():
     model.scale = torch.tensor([0.3, 1.8])  # one narrow, one wider than the prior
     x = data(model, 4, seed=13) * 2
     q, prior = model.posterior(x), model.prior()
-    kl = elbo(model, x)["kl"]  # what training uses: kl_divergence(q.base_dist, p.base_dist).sum(-1)
+    kl = elbo(model, x)["kl"]  # what training uses: normal_kl(q.base_dist, p.base_dist).sum(-1)
 
     mu, sigma = q.base_dist.loc, q.base_dist.scale
     textbook = 0.5 * (mu**2 + sigma**2 - 1 - torch.log(sigma**2)).sum(-1)  # Kingma & Welling, appendix B
@@ -301,6 +301,20 @@ def test_closed_form_kl_matches_textbook_and_monte_carlo():
     estimate, se = mean_se((q.log_prob(z) - prior.log_prob(z)).T)
     assert ((estimate - kl).abs() < 3 * se).all(), (estimate - kl, se)
     assert (kl > 0).all()
+
+
+def test_normal_kl_is_torchs_closed_form_for_any_pair_of_normals():
+    from torch.distributions import Normal
+
+    from vaekit.distributions import UnitNormal, normal_kl
+
+    torch.manual_seed(15)
+    q = Normal(torch.randn(5, 3, dtype=torch.float64), torch.rand(5, 3, dtype=torch.float64) + 0.1)
+    p = Normal(torch.randn(5, 3, dtype=torch.float64), torch.rand(5, 3, dtype=torch.float64) + 0.1)  # a learned prior
+    unit = UnitNormal(torch.zeros(5, 3, dtype=torch.float64), torch.ones(5, 3, dtype=torch.float64))
+    torch.testing.assert_close(normal_kl(q, p), kl_divergence(q, p), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(normal_kl(q, unit), kl_divergence(q, Normal(unit.loc, unit.scale)), atol=1e-12, rtol=1e-12)
+    assert torch.equal(normal_kl(q, q), torch.zeros(5, 3, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------------

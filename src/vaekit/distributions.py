@@ -31,6 +31,16 @@ def _kl_normal_unit(q: Normal, p: UnitNormal) -> torch.Tensor:
     return 0.5 * (q.loc.square() + q.scale.square() - 1) - q.scale.log()
 
 
+def normal_kl(q: Normal, p: Normal) -> torch.Tensor:
+    """KL(q || p) elementwise between two Normals: the closed form that torch's KL registry holds for
+    their types, chosen here by isinstance. torch's `kl_divergence` picks it by a min over a generator,
+    which torch.compile cannot trace: every compiled training step broke in two at the KL."""
+    if isinstance(p, UnitNormal):
+        return _kl_normal_unit(q, p)
+    var_ratio = (q.scale / p.scale).square()
+    return 0.5 * (var_ratio + ((q.loc - p.loc) / p.scale).square() - 1 - var_ratio.log())
+
+
 class DiagonalGaussianMixture(MixtureSameFamily):
     """p(z) = sum_k pi_k N(z; m_k, diag(s_k^2)) over (D,), whose log-density is one matrix product.
 

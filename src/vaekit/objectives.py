@@ -15,9 +15,10 @@ import math
 from typing import Protocol
 
 import torch
-from torch.distributions import Distribution, Independent, kl_divergence
+from torch.distributions import Distribution, Independent
 
 from .errors import VaekitError
+from .distributions import normal_kl
 from .priors import has_closed_form_kl
 
 
@@ -66,7 +67,7 @@ def latent_kl(posterior: Independent, prior: Distribution, z: torch.Tensor) -> t
     A diagonal-Gaussian prior: the closed form, per dimension. Any other (a mixture): the one-sample
     estimate log q(z|x) - log p(z) at the sample z, unbiased, with no per-dimension split (None)."""
     if has_closed_form_kl(prior):
-        kl_per_dim = kl_divergence(posterior.base_dist, prior.base_dist)  # (B, D)
+        kl_per_dim = normal_kl(posterior.base_dist, prior.base_dist)  # (B, D)
         return kl_per_dim.sum(-1), kl_per_dim
     return posterior.log_prob(z) - prior.log_prob(z), None
 
@@ -154,7 +155,7 @@ def gaussian_latent_bounds(
     s = importance_samples(model, x, c, num_samples=num_samples, chunk=chunk, posterior=posterior, prior=prior)
     terms = {"recon": -s["log_likelihood"].mean(0), "nll": -iwae_bound(s["log_weights"])}
     if has_closed_form_kl(prior):
-        kl_per_dim = kl_divergence(posterior.base_dist, prior.base_dist)  # (B, D)
+        kl_per_dim = normal_kl(posterior.base_dist, prior.base_dist)  # (B, D)
         return {**terms, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim}
     # No closed form: the mean over the K samples of log q(z_k|x) - log p(z_k), so -ELBO = recon + kl
     # is -(1/K) sum_k log w_k, an unbiased estimate.

@@ -513,13 +513,15 @@ def run_epoch(t: Training, state: TrainState, forward, autocast, stop: StopOnSig
     batches = t.plan.batches(state.epoch + 1, device)
     history: list[torch.Tensor] = []  # per step: the terms' batch sums (K,)
     keys: list[str] = []
+    knob_tensors: dict[str, torch.Tensor] = {}  # --compile: 0-d tensors, refilled each step
     while state.batch < t.plan.steps:
         for g in t.optimizer.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, state.step, t.total_steps)
         beta = kl_weight(cfg, state.step, t.plan.steps)
         knobs = {"beta": beta, **t.model.knobs(state.step)}
-        if cfg.compile:  # tensors: no recompile per value
-            knobs = {k: torch.tensor(v, device=device) for k, v in knobs.items()}
+        if cfg.compile:  # tensors, no recompile per value; filled in place: a new CUDA tensor per step
+            # would copy from host memory, which waits for the GPU to finish the previous step
+            knobs = {k: knob_tensors.setdefault(k, torch.zeros((), device=device)).fill_(v) for k, v in knobs.items()}
         knobs["free_bits"] = cfg.free_bits
         idx = batches[state.batch]
         x, y = t.train_data.batch(idx[group.rank :: group.world] if group.active else idx)

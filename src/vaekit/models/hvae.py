@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution, Independent, kl_divergence
+from torch.distributions import Distribution, Independent
 
 from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
+from ..distributions import diagonal_gaussian, likelihood_mean, normal_kl, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_encoder, make_networks
 from ..objectives import iwae_bound, latent_kl
@@ -91,7 +91,7 @@ class HVAE(nn.Module):
         q1 = self.bottom_posterior(self.encoder.body(x), z2)
         z1 = q1.rsample()
         recon = -self.likelihood(z1, z2).log_prob(x)
-        kl_bottom_dims = kl_divergence(q1.base_dist, self.conditional_prior(z2).base_dist)  # (B, D1), given z2
+        kl_bottom_dims = normal_kl(q1.base_dist, self.conditional_prior(z2).base_dist)  # (B, D1), given z2
         kl_top, kl_top_dims = latent_kl(q2, self.prior(), z2)
         kl_bottom = kl_bottom_dims.sum(-1)
         kl = kl_top + kl_bottom
