@@ -17,8 +17,8 @@ from typing import Protocol
 import torch
 from torch.distributions import Distribution, Independent
 
-from .errors import VaekitError
 from .distributions import normal_kl
+from .errors import VaekitError
 from .priors import has_closed_form_kl
 
 
