@@ -41,7 +41,7 @@ def default_max_batch(image_shape: tuple[int, ...], device: torch.device | str =
 
     On a GPU 2**23 / pixels, between 4096 and 65536 (10,699 at 28x28: 0.5 GB for the default conv
     decoder's 16-channel 28x28 layer): there 334 pairs left an H200 idle, and this pass evaluated
-    12-20x faster (BENCHMARKS.md §8). On the CPU:
+    12-22x faster (BENCHMARKS.md §8). On the CPU:
 
     Small enough that the decoder's largest activation (a few MB) stays below glibc's mmap threshold:
     larger passes (2**21 / pixels before) got fresh pages from the kernel for every chunk and gave
