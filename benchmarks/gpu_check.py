@@ -37,7 +37,7 @@ sys.path.insert(0, {src!r})
 import torch, vaekit
 from vaekit.evaluate import evaluate
 from vaekit.data import fixed_targets, load_dataset, binarization
-from vaekit.checkpoint import read_config
+from vaekit.runs import read_config
 opts = json.loads({opts!r})
 device = torch.device(opts["device"])
 out = opts["run"] + ("-fast" if opts["stage"] == "fast" else "")

@@ -112,7 +112,7 @@ def main() -> None:
     if not hasattr(model, "relaxed_sample"):
         sys.exit(f"{run} is not a --model categorical run")
     from vaekit.data import binarization, fixed_targets, load_dataset
-    from vaekit.checkpoint import read_config
+    from vaekit.runs import read_config
 
     data_cfg, model_cfg, _ = read_config(run)
     dataset = load_dataset(data_cfg)

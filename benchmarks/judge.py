@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 import vaekit  # noqa: E402
-from vaekit import checkpoint as ckpt  # noqa: E402
+from vaekit import runs  # noqa: E402
 from vaekit.classifier import (  # noqa: E402
     BLUR_SIGMA, accuracy, conditional_accuracy_per_class, gaussian_blur, predict, train_classifier)
 from vaekit.data import load_dataset  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--samples-per-class", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    data_cfg, _, _ = ckpt.read_config(args.runs[0])
+    data_cfg, _, _ = runs.read_config(args.runs[0])
     dataset = load_dataset(data_cfg)
     x, y = dataset.test.to_float(), dataset.test.y
     scale = min(dataset.image_shape[1:]) / 28  # blurs are given in pixels of a 28x28 image, as the judge's

@@ -90,7 +90,7 @@ def vaekit_run(args, workdir: Path, **fast) -> float:
     options = dict(dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, arch=args.arch,
                    latent_dim=args.latent_dim, device=args.device, **fast)
     options.update({k: getattr(args, k) for k in ("width", "hidden") if getattr(args, k) is not None})
-    fit(*vaekit.make_configs(**options), out, overwrite=True, progress=False, pictures=False)
+    fit(*vaekit.make_configs(**options), out, overwrite=True, progress=False)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     if fast.get("compile") and len(metrics) > 1:
         metrics = metrics[1:]  # the first epoch includes compilation, reported apart
@@ -213,7 +213,7 @@ def main() -> None:
 
     data = load_dataset(DataConfig(dataset=args.dataset))
     sizes = {k: getattr(args, k) for k in ("width", "hidden") if getattr(args, k) is not None}
-    model_cfg = ModelConfig(arch=args.arch, latent_dim=args.latent_dim, image_shape=data.image_shape, **sizes)
+    model_cfg = vaekit.models.VAE.Config(arch=args.arch, latent_dim=args.latent_dim, image_shape=data.image_shape, **sizes)
     x = data.train.x if data.train.max_value == 255 else (data.train.to_float() * 255).round().to(torch.uint8)
     params = sum(p.numel() for m in make_networks(model_cfg) for p in m.parameters())
     rows: dict[str, list] = {"hand-written, DataLoader": [], "hand-written, tensors": [], "vaekit": [], "pythae": []}

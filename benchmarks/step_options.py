@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dataset = load_dataset(DataConfig(dataset=args.dataset))
-    model_cfg = ModelConfig(arch=args.arch, hidden=args.hidden, latent_dim=args.latent_dim, image_shape=dataset.image_shape)
+    model_cfg = VAE.Config(arch=args.arch, hidden=args.hidden, latent_dim=args.latent_dim, image_shape=dataset.image_shape)
     data = training_targets(dataset.train, "dynamic", 1, "cpu")
     variants = [
         Variant("default", model_cfg),

@@ -5,15 +5,16 @@ import math
 import pytest
 import torch
 
-from vaekit import ModelConfig
+
 from vaekit.evaluate import default_max_batch, evaluate, format_report
 from vaekit.models import VAE
+from vaekit.models.vae import VAEConfig
 
 
 @pytest.fixture
 def model_and_data():
     torch.manual_seed(0)
-    model = VAE(ModelConfig(image_shape=(1, 8, 8), latent_dim=4)).eval()
+    model = VAE(VAEConfig(image_shape=(1, 8, 8), latent_dim=4)).eval()
     return model, torch.rand(40, 1, 8, 8).bernoulli()
 
 
@@ -58,7 +59,7 @@ def test_report_fields(model_and_data):
 
 
 def test_active_units_counts_dimensions_whose_mean_varies():
-    model = VAE(ModelConfig(image_shape=(1, 8, 8), latent_dim=3)).eval()
+    model = VAE(VAEConfig(image_shape=(1, 8, 8), latent_dim=3)).eval()
     with torch.no_grad():  # make dimension 0 ignore the input: constant posterior mean
         out = model.encoder.out
         out.weight[0].zero_()
@@ -73,6 +74,6 @@ def test_neg_elbo_is_exactly_recon_plus_kl_on_any_cpu():
     """The report states neg_elbo = recon + kl; it holds to the last digit whatever float32 kernels ran."""
     torch.manual_seed(3)
     for latent_dim in (2, 5, 16):
-        model = VAE(ModelConfig(image_shape=(1, 8, 8), latent_dim=latent_dim)).eval()
+        model = VAE(VAEConfig(image_shape=(1, 8, 8), latent_dim=latent_dim)).eval()
         r = evaluate(model, torch.rand(97, 1, 8, 8).bernoulli(), iw_samples=3)
         assert r["neg_elbo"] == r["recon"] + r["kl"]

@@ -7,14 +7,16 @@ import pytest
 import torch
 
 import vaekit
-from vaekit.config import ModelConfig, TrainConfig
+from vaekit.config import TrainConfig
 from vaekit.models import VAE
-from vaekit.train import epoch_order, speedups
+from vaekit.models.vae import VAEConfig
+from vaekit.devices import speedups
+from vaekit.train import epoch_order
 
 
 def _model_and_batch():
     torch.manual_seed(0)
-    return VAE(ModelConfig(image_shape=(1, 8, 8), width=8, hidden=32, latent_dim=4)), torch.rand(16, 1, 8, 8).bernoulli()
+    return VAE(VAEConfig(image_shape=(1, 8, 8), width=8, hidden=32, latent_dim=4)), torch.rand(16, 1, 8, 8).bernoulli()
 
 
 @pytest.mark.slow

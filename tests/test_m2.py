@@ -48,7 +48,7 @@ def test_fit_reads_as_a_short_driver():
     import sys
 
     loop = sys.modules["vaekit.train"]
-    for function in (loop.fit, loop._fit):
+    for function in (loop.fit, loop.train, loop.run_epoch, loop.log):
         assert len(inspect.getsource(function).splitlines()) <= 50, function.__name__
 
 
@@ -328,14 +328,14 @@ def test_a_class_without_a_labelled_training_image_is_refused():
 
     from vaekit.data import ImageDataset, Split
 
-    loop = sys.modules["vaekit.train"]
+    prepare = sys.modules["vaekit.prepare"]
     x = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
     train = Split(x, torch.tensor([0, 1, -1, -1, 0, -1]), 255.0)
     other = Split(x[:2], torch.tensor([2, 2]), 255.0)
     data = ImageDataset("d", train, other, other, 3, (1, 8, 8))
     with pytest.raises(VaekitError, match="needs a labelled training image of every class; classes 2 have none"):
-        loop.check_labels(M2, "m2", data)
-    assert loop.check_labels(M2, "m2", ImageDataset("d", Split(x, torch.tensor([0, 1, 2, -1, 0, -1]), 255.0),
+        prepare.check_labels(M2, "m2", data)
+    assert prepare.check_labels(M2, "m2", ImageDataset("d", Split(x, torch.tensor([0, 1, 2, -1, 0, -1]), 255.0),
                                                     other, other, 3, (1, 8, 8))).tolist() == [0, 1, 2, 4]
 
 

@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from vaekit import ModelConfig, VaekitError
+from vaekit import VaekitError
 from vaekit.models import CVAE, VAE
-from vaekit.models.vae import CVAEConfig
+from vaekit.models.vae import CVAEConfig, VAEConfig
 from vaekit.objectives import elbo
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (1, 12, 20)])
 @pytest.mark.parametrize("arch", ["conv", "mlp"])
 def test_shapes(shape, arch):
-    model = VAE(ModelConfig(image_shape=shape, arch=arch, latent_dim=5))
+    model = VAE(VAEConfig(image_shape=shape, arch=arch, latent_dim=5))
     x = torch.rand(4, *shape).bernoulli()
     terms = model(x)
     assert terms["loss"].shape == ()
@@ -37,11 +37,11 @@ def test_conv_downsampling_matches_image_size():
 
 def test_too_small_image_is_a_clear_error():
     with pytest.raises(VaekitError, match="too small"):
-        VAE(ModelConfig(image_shape=(1, 2, 2)))
+        VAE(VAEConfig(image_shape=(1, 2, 2)))
 
 
 def test_loss_is_mean_neg_elbo_with_default_knobs():
-    model = VAE(ModelConfig(image_shape=(1, 8, 8)))
+    model = VAE(VAEConfig(image_shape=(1, 8, 8)))
     x = torch.rand(16, 1, 8, 8).bernoulli()
     torch.manual_seed(1)
     terms = elbo(model, x)
@@ -49,7 +49,7 @@ def test_loss_is_mean_neg_elbo_with_default_knobs():
 
 
 def test_beta_and_free_bits_change_only_the_training_loss():
-    model = VAE(ModelConfig(image_shape=(1, 8, 8), latent_dim=4))
+    model = VAE(VAEConfig(image_shape=(1, 8, 8), latent_dim=4))
     x = torch.rand(16, 1, 8, 8).bernoulli()
     torch.manual_seed(1)
     plain = elbo(model, x)
@@ -81,7 +81,7 @@ def test_conditional_sampling_checks_labels():
     with pytest.raises(VaekitError, match="0..9"):
         cvae.sample(2, labels=[3, 10])
     with pytest.raises(VaekitError, match="draws no classes"):
-        VAE(ModelConfig(image_shape=(1, 8, 8))).sample(2, labels=1)
+        VAE(VAEConfig(image_shape=(1, 8, 8))).sample(2, labels=1)
 
 
 def test_class_prior_is_a_gaussian_per_class_used_by_objective_and_sampling():

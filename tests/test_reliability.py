@@ -39,7 +39,7 @@ PICTURES = ("samples.png", "reconstructions.png", "latent.png", "curves.png")
 def fit_tiny(out: Path, **options) -> Path:
     """A tiny run without its pictures (they take longer than the training)."""
     data, model, train = make_configs(**{**TINY, **options})
-    return training.fit(data, model, train, out, progress=False, pictures=False)
+    return training.fit(data, model, train, out, progress=False)
 
 
 def copy_run(run: Path, dest: Path) -> Path:

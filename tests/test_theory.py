@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import MultivariateNormal, kl_divergence
 
-from vaekit import ModelConfig
+
 from vaekit.distributions import (
     bernoulli_likelihood,
     diagonal_gaussian,
@@ -31,6 +31,7 @@ from vaekit.distributions import (
 )
 from vaekit.evaluate import evaluate
 from vaekit.models import VAE
+from vaekit.models.vae import VAEConfig
 from vaekit.objectives import elbo, gaussian_latent_bounds, importance_samples, iwae_bound
 
 LATENT, PIXELS = 2, 5  # d, D
@@ -263,7 +264,7 @@ def test_training_reconstruction_term_is_that_loss_at_one_sample(likelihood):
     """objectives.elbo's `recon` for the real VAE is the BCE / scaled SSE (+ constant) of the decoder's
     output at the one reparameterized sample z = loc + scale * eps."""
     torch.manual_seed(10)
-    model = VAE(ModelConfig(image_shape=(1, 8, 8), latent_dim=3, width=4, hidden=16, likelihood=likelihood)).eval()
+    model = VAE(VAEConfig(image_shape=(1, 8, 8), latent_dim=3, width=4, hidden=16, likelihood=likelihood)).eval()
     x = torch.rand(5, 1, 8, 8)
     if likelihood == "bernoulli":
         x = x.round()

@@ -5,7 +5,7 @@ import signal as _signal
 import sys as _sys
 import threading as _threading
 
-__version__ = "0.2.0"
+from .version import __version__  # noqa: E402  (first: a leaf module)
 
 # Run as the `vaekit` command (or `python -m vaekit`): until cli.run() takes over, a Ctrl-C only sets
 # a flag. A KeyboardInterrupt raised inside torch's import (C++ and NumPy's initialisation) can abort
@@ -20,5 +20,5 @@ from .config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from .errors import VaekitError  # noqa: E402
 from .models import CVAE, M2, MODELS, VAE  # noqa: E402
 
-__all__ = ["train", "evaluate", "load", "make_configs", "VAE", "CVAE", "M2", "MODELS", "DataConfig", "ModelConfig",
+__all__ = ["__version__", "train", "evaluate", "load", "make_configs", "VAE", "CVAE", "M2", "MODELS", "DataConfig", "ModelConfig",
            "TrainConfig", "VaekitError"]

@@ -15,15 +15,17 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from . import models
+from . import distributed, models
 from .config import DataConfig, ModelConfig, TrainConfig, flag
-from .data import Split, binarization, load_dataset, test_targets
+from .data import Split, load_dataset, test_targets
+from .devices import resolve_device
 from .errors import VaekitError
 from .evaluate import evaluate as evaluate_model
-from .train import fit, resolve_device
+from .latent_classifier import label_error
+from .recipes import RESUME_CHANGES, read_recipe, stage_status
+from .runs import evaluation_data, load_model, read_config
+from .train import fit
 
-RESUME_CHANGES = {"epochs", "device"}  # the settings a resumed run may change
 
 
 def dataset_defaults(options: dict) -> dict:
@@ -61,9 +63,10 @@ def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
 
 def train(
     out: str | Path, *, overwrite: bool = False, resume: bool = False, progress: bool | None = None,
-    tensorboard: str | Path | None = None, **options
+    tensorboard: str | Path | None = None, pictures: bool = True, **options
 ) -> Path:
-    """Train a model into the run folder `out` (options: fields of the config dataclasses); returns `out`.
+    """Train a model into the run folder `out` (options: fields of the config dataclasses), then draw its
+    pictures and write report.html (unless pictures=False); returns `out`.
 
     With resume=True the run continues with the settings in its config.json; only `epochs` (to train
     longer) and `device` (to move it, e.g. a GPU run onto a CPU) may be given. tensorboard: a folder to
@@ -72,44 +75,47 @@ def train(
         changed = sorted(set(options) - RESUME_CHANGES)
         if changed:
             raise VaekitError(f"--resume continues a run with its own settings: only --epochs and --device may change, got {changed}")
-        data_cfg, model_cfg, train_cfg = ckpt.read_config(Path(out))
+        data_cfg, model_cfg, train_cfg = read_config(Path(out))
         if isinstance(options.get("epochs"), int) and not isinstance(options["epochs"], bool):
             options["epochs"] = max(options["epochs"], train_cfg.epochs)
         train_cfg = dataclasses.replace(train_cfg, **options)
     else:
         data_cfg, model_cfg, train_cfg = make_configs(**options)
-    return fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress,
-               tensorboard=tensorboard)
+    out = fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress,
+              tensorboard=tensorboard)
+    if pictures and distributed.is_main_process():
+        from .report import render_run  # matplotlib loads only where pictures are drawn
+
+        render_run(out, resolve_device(train_cfg.device))
+    return out
+
+
+def train_recipe(
+    recipe: str | Path, *, out: str | Path | None = None, overwrite: bool = False, progress: bool | None = None,
+    tensorboard: str | Path | None = None, pictures: bool = True, log: Callable[[str], None] = print, **overrides
+) -> list[Path]:
+    """Train the stages of a recipe file (recipes.py), the options in `overrides` replacing the file's; a stage
+    already finished is skipped, an interrupted one resumed. Returns the stages' run folders."""
+    folders = []
+    for stage in read_recipe(recipe, overrides, out):
+        configs = make_configs(**stage.options)
+        status = "new" if overwrite else stage_status(stage, configs)
+        common = dict(progress=progress, tensorboard=tensorboard, pictures=pictures)
+        if status == "finished":
+            log(f"vaekit: stage {stage.name}: {stage.out} has finished training; skipped")
+        elif status == "unfinished":
+            log(f"vaekit: stage {stage.name}: resuming {stage.out}")
+            train(stage.out, resume=True, **common, **{k: v for k, v in stage.options.items() if k in RESUME_CHANGES})
+        else:
+            log(f"vaekit: stage {stage.name}: training {stage.out}")
+            train(stage.out, overwrite=overwrite, **common, **stage.options)
+        folders.append(stage.out)
+    return folders
 
 
 def load(run: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The best model of a run folder, in eval mode."""
-    return ckpt.load_model(Path(run), resolve_device(device))
-
-
-def evaluation_data(run: str | Path, dataset: str | None = None, data: str | None = None, data_dir: str | None = None):
-    """(split, data config, binarization) to evaluate a run on: its own test split by default, the test
-    split of another dataset, or every image of a .npz file; binarized as in training, with a fixed seed."""
-    data_cfg, model_cfg, _ = ckpt.read_config(Path(run))
-    if dataset is not None and data is not None:
-        raise VaekitError("give --dataset or --data, not both")
-    if dataset is not None or data is not None:
-        data_cfg = dataclasses.replace(data_cfg, dataset=dataset or data, data_dir=data_dir or data_cfg.data_dir)
-    source = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0))  # evaluation sees every known label
-    if source.image_shape != tuple(model_cfg.image_shape):
-        raise VaekitError(
-            f"the model takes images of shape {tuple(model_cfg.image_shape)} but {data_cfg.dataset} has {source.image_shape}"
-        )
-    mode = binarization(data_cfg.binarize, model_cfg.likelihood, source)
-    split = source.test
-    if data is not None:  # a whole file: evaluate every image in it
-        parts = (source.train, source.val, source.test)
-        ys = None if source.train.y is None else torch.cat([p.y for p in parts])
-        split = Split(torch.cat([p.x for p in parts]), ys, source.train.max_value, torch.cat([p.index for p in parts]))
-    if split.y is not None and model_cfg.num_classes and int(split.y.max()) >= model_cfg.num_classes:
-        raise VaekitError(f"{data_cfg.dataset} has labels up to {int(split.y.max())}, but the model knows "
-                          f"{model_cfg.num_classes} classes (0..{model_cfg.num_classes - 1})")
-    return split, data_cfg, mode
+    return load_model(Path(run), resolve_device(device))
 
 
 def evaluate(
@@ -133,7 +139,7 @@ def evaluate(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise VaekitError(f"{name} must be a whole number of at least 1, got {value!r}")
     dev = resolve_device(device)
-    model = ckpt.load_model(Path(run), dev)
+    model = load_model(Path(run), dev)
     split, data_cfg, mode = evaluation_data(run, dataset, data, data_dir)
     targets = test_targets(split, data_cfg.split_seed, mode, dev)
     if limit is not None:  # the first `limit` test images
@@ -146,11 +152,9 @@ def evaluate(
     every_label = dataclasses.replace(data_cfg, labels_per_class=0)
     context = models.EvalContext(Path(run), lambda: load_dataset(every_label), dev, log, samples_per_class)
     result.update(model.metrics(context))
-    from .latent_classifier import label_error  # M1: a classifier on the latent means, if the run has one
-
     if limit is not None:
         split = Split(split.x[:limit], None if split.y is None else split.y[:limit], split.max_value)
-    m1 = label_error(Path(run), model, split, mode)
+    m1 = label_error(Path(run), model, split, mode)  # M1: a classifier on the latent means, if the run has one
     if m1 is not None:  # named apart when the model classifies too (M1 fitted on a run of a model that classifies)
         key = "m1_label_error" if "label_error" in result else "label_error"
         result[key], result[f"{key}_se"] = m1

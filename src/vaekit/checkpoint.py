@@ -28,9 +28,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import __version__
-from .config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from .config import DataConfig, ModelConfig, TrainConfig, to_dict
 from .errors import VaekitError
+from .version import __version__
 
 CONFIG, BEST, LAST, METRICS = "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl"
 EVALUATION = "evaluation.json"
@@ -212,7 +212,9 @@ def is_run(folder: Path) -> bool:
     return (Path(folder) / CONFIG).is_file()
 
 
-def read_config(folder: Path) -> tuple[DataConfig, ModelConfig, TrainConfig]:
+def read_config_doc(folder: Path) -> dict[str, Any]:
+    """config.json of a run folder as a dict {"vaekit_version", "data", "model", "train"}, its version
+    checked (runs.read_config builds the config dataclasses from it)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise VaekitError(f"run folder {folder} does not exist")
@@ -221,15 +223,13 @@ def read_config(folder: Path) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     try:
         doc = json.loads((folder / CONFIG).read_text())
         major = str(doc.get("vaekit_version", "?")).split(".")[0]
-        if major != __version__.split(".")[0]:
-            raise VaekitError(
-                f"{folder} was written by vaekit {doc.get('vaekit_version')}, this is {__version__}: retrain or use that version"
-            )
-        from .models import config_from_dict
-
-        return from_dict(DataConfig, doc["data"]), config_from_dict(doc["model"]), from_dict(TrainConfig, doc["train"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise VaekitError(f"{folder / CONFIG} is not a valid vaekit config: {e}") from None
+    if major != __version__.split(".")[0]:
+        raise VaekitError(
+            f"{folder} was written by vaekit {doc.get('vaekit_version')}, this is {__version__}: retrain or use that version"
+        )
+    return doc
 
 
 def load_state_dict_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path,
@@ -250,38 +250,6 @@ def check_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
     if bad:
         raise VaekitError(f"{source} holds non-finite values (NaN or inf) in {', '.join(bad[:3])}"
                           f"{', ...' if len(bad) > 3 else ''}: the file is damaged or the run diverged")
-
-
-def load_model(folder: Path, device: str | torch.device = "cpu", weights: str = BEST) -> torch.nn.Module:
-    """The model of a run folder with its best (or another) weights, in eval mode."""
-    from .models import build
-
-    _, model_cfg, _ = read_config(folder)
-    model = build(model_cfg)
-    tensors, _ = load_tensors(Path(folder) / weights)
-    check_finite(tensors, Path(folder) / weights)
-    load_state_dict_into(model, tensors, Path(folder) / weights)
-    return model.to(device).eval()
-
-
-def load_weights_of_run(model: torch.nn.Module, model_cfg: ModelConfig, folder: Path) -> list[str]:
-    """Put the best weights of another run into `model` (--init-from). Each of its tensors must fit one of the
-    model's; the model may have more (e.g. --autoregressive on a factorized run's weights), which keep their
-    fresh initialisation. Returns the names of those."""
-    folder = Path(folder)
-    try:
-        _, theirs, _ = read_config(folder)
-        tensors, _ = load_tensors(folder / BEST)
-        check_finite(tensors, folder / BEST)
-    except VaekitError as e:
-        raise VaekitError(f"--init-from {folder}: {e}") from None
-    try:
-        return load_state_dict_into(model, tensors, folder / BEST, partial=True)
-    except VaekitError:
-        mine, other = to_dict(model_cfg), to_dict(theirs)
-        differ = [k for k in sorted(mine.keys() | other.keys()) if mine.get(k) != other.get(k)]
-        raise VaekitError(f"--init-from {folder}: its weights do not fit this model (the model settings that differ: "
-                          f"{', '.join(differ) or 'none'})") from None
 
 
 def append_metrics(folder: Path, record: dict[str, Any]) -> None:

@@ -71,8 +71,8 @@ def config_options(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> Parser:
-    from . import __version__
     from .models import MODELS
+    from .version import __version__
 
     parser = Parser(prog="vaekit", description="Train, evaluate and sample variational autoencoders on images.")
     parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
@@ -82,6 +82,11 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="run folder to write (required unless --resume)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (--epochs may be raised, --device changed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out (once the new one has a checkpoint)")
+    p.add_argument("--no-pictures", dest="pictures", action="store_false",
+                   help="write no pictures and no report.html after training (`vaekit report RUN` writes the report later)")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="a recipe: training options (and `out`, or [[stage]] tables of a chain) in a TOML file; flags "
+                        "given here override it; a stage already finished is skipped (recipes/)")
     add_config_flags(p, DataConfig)
     p.add_argument("--model", default=argparse.SUPPRESS, choices=tuple(MODELS), help="which model (default: vae)")
     add_config_flags(p, ModelConfig, skip={"model"})
@@ -159,9 +164,19 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import dataset_defaults, train
-    from .train import Interrupted
+    from .api import dataset_defaults, train, train_recipe
+    from .guards import Interrupted
 
+    if args.config:
+        if args.resume:
+            raise VaekitError("--config trains a recipe and resumes its unfinished stages itself: drop --resume")
+        try:
+            train_recipe(args.config, out=args.out, overwrite=args.overwrite, tensorboard=args.tensorboard,
+                         pictures=args.pictures, log=lambda message: print(message, file=sys.stderr, flush=True), **config_options(args))
+        except Interrupted as e:
+            print(f"vaekit: {e}", file=sys.stderr)
+            return e.exit_code
+        return 0
     if args.resume and args.out and Path(args.out) != Path(args.resume):
         raise VaekitError("give either --out (a new run) or --resume RUN, not both")
     if not args.resume and not args.out:
@@ -174,7 +189,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                          for k, v in applied.items())
         print(f"vaekit: the defaults on {options['dataset']}: {shown} (a flag overrides each; naming --arch conv or mlp: the built-in ones)")
     try:
-        train(out, overwrite=args.overwrite, resume=bool(args.resume), tensorboard=args.tensorboard, **options)
+        train(out, overwrite=args.overwrite, resume=bool(args.resume), tensorboard=args.tensorboard,
+              pictures=args.pictures, **options)
     except Interrupted as e:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code
@@ -246,7 +262,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     model = load(args.run)
     if args.label is not None and not model.num_classes:
-        raise VaekitError(f"--label needs a model that draws classes, and {args.run} does not (train with --model cvae or m2)")
+        from .models import conditional_models
+
+        raise VaekitError(f"--label needs a model that draws classes, and {args.run} does not (train with --model "
+                          f"{' or '.join(conditional_models())})")
     torch.manual_seed(args.seed)
     if model.num_classes and args.label is None:
         picture = sample_grid(model)
@@ -257,7 +276,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _test_images(run: str):
-    from .api import evaluation_data
+    from .runs import evaluation_data
     from .data import test_targets
 
     split, data_cfg, mode = evaluation_data(run)
@@ -283,7 +302,10 @@ def cmd_analogy(args: argparse.Namespace) -> int:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     model = load(args.run)
     if not model.num_classes:
-        raise VaekitError(f"analogies need a model that draws classes, and {args.run} does not (train with --model cvae or m2)")
+        from .models import conditional_models
+
+        raise VaekitError(f"analogies need a model that draws classes, and {args.run} does not (train with --model "
+                          f"{' or '.join(conditional_models())})")
     targets = _test_images(args.run)
     print(save_image(args.out, analogy_grid(model, targets.x, targets.y, n=args.n)))
     return 0

@@ -107,7 +107,7 @@ class DataConfig(Checked):
         0, "keep the labels of only this many training images per class (a balanced, seeded subset; the "
         "others become unknown, -1); 0 keeps every known label", low=0)
     labelled_share: float = _opt(
-        0.5, "models trained on labelled and unlabelled images (m2): the share of each batch drawn from the "
+        0.5, "models trained on labelled and unlabelled images: the share of each batch drawn from the "
         "labelled ones", low=0, high=1, low_open=True, high_open=True)
 
 
@@ -115,7 +115,7 @@ class DataConfig(Checked):
 class ModelConfig(Checked):
     """What every model shares: p(x|z...) on conv or MLP bodies and an amortised q(z|x...)."""
 
-    model: str = _opt("vae", "which model (models/: vae, cvae, m2, categorical, hvae)")
+    model: str = _opt("vae", "which model (one of vaekit.models.MODELS)")
     arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE). Unset, --model vae on fashion-mnist takes "
                    "the gated MLP 2x300, latent 40, 150 epochs (the command prints them)", ("conv", "mlp"))
     latent_dim: int = _opt(16, "dimension of z", low=1, high=4096)

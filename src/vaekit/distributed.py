@@ -63,6 +63,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or the only one): the one that writes the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: torch.device, timeout_s: float) -> Group:
     """Join the torchrun process group if there is one; returns this process's place in it."""
     if not launched_by_torchrun():

@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import plots
+from . import plots, runs
+from .data import test_targets
+from .devices import resolve_device
 from .errors import VaekitError
 from .latent_map import LatentMap, latent_map
 from .models.base import class_labels
@@ -277,11 +279,8 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -
 
 def load_explorer(run: str | Path, device: str = "cpu") -> Explorer:
     """The explorer of a run folder: its best model and its own test images (binarized as in training)."""
-    from .api import evaluation_data, load
-    from .data import test_targets
-
-    model = load(run, device)
-    split, data_cfg, mode = evaluation_data(run)
+    model = runs.load_model(Path(run), resolve_device(device))
+    split, data_cfg, mode = runs.evaluation_data(run)
     test = test_targets(split, data_cfg.split_seed, mode, next(iter(model.parameters())).device)
     return Explorer(model, test.x, test.y, shown=split.to_float(), name=Path(run).resolve().name)
 

@@ -40,8 +40,10 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from . import runs
 from .data import Split, binarization, keep_labels_per_class, load_dataset
 from .errors import VaekitError
+from .models import classifying_models
 
 WEIGHTS, RECIPE = "m1.safetensors", "m1.json"
 BINARIZATIONS = 20
@@ -78,7 +80,7 @@ def features(model, split: Split, mode: str, batch_size: int = 1024) -> np.ndarr
 
 
 def _run_data(run: Path):
-    data_cfg, model_cfg, _ = ckpt.read_config(run)
+    data_cfg, model_cfg, _ = runs.read_config(run)
     dataset = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0))
     return data_cfg, dataset, binarization(data_cfg.binarize, model_cfg.likelihood, dataset)
 
@@ -93,7 +95,7 @@ def fit_m1(run: Path, labels_per_class: int | None = None, classifier: str = "sp
         raise VaekitError(f"--classifier must be one of {', '.join(M1_RECIPES)}, got {classifier!r}")
     recipe = M1_RECIPES[classifier]
     data_cfg, dataset, mode = _run_data(run)
-    model = ckpt.load_model(run)
+    model = runs.load_model(run)
     per_class = labels_per_class if labels_per_class is not None else data_cfg.labels_per_class
     if dataset.train.y is None or dataset.num_classes < 2:
         raise VaekitError(f"M1 needs class labels of at least 2 classes, and '{data_cfg.dataset}' has none")
@@ -148,21 +150,21 @@ def label_error(run: Path, model, split: Split, mode: str) -> tuple[float, float
 def predict_csv(run: Path, data: str | None = None) -> str:
     """CSV: index, predicted label, then one probability column per class; from M1 if the run has it,
     else from a model that classifies (predict_proba, e.g. M2's q(y|x) on the fixed binarized images)."""
-    from .api import evaluation_data
     from .data import test_targets
 
-    model = ckpt.load_model(run)
-    split, data_cfg, mode = evaluation_data(run, data=data)
+    model = runs.load_model(run)
+    split, data_cfg, mode = runs.evaluation_data(run, data=data)
     classifier = load_m1(run)
     if classifier is not None:
         probs = classifier.predict_proba(features(model, split, mode))
         classes = classifier.classes_
-    elif hasattr(model, "predict_proba"):
+    elif model.classifies:
         x = test_targets(split, data_cfg.split_seed, mode, "cpu").x
         probs = torch.cat([model.predict_proba(xb) for xb in x.split(1024)]).double().numpy()
         classes = np.arange(probs.shape[1])
     else:
-        raise VaekitError(f"{run} does not classify: train with --model m2, or fit M1 with `vaekit m1 {run}`")
+        raise VaekitError(f"{run} does not classify: train with --model {' or '.join(classifying_models())}, or fit M1 "
+                          f"with `vaekit m1 {run}`")
     out = io.StringIO()
     index = split.index.tolist() if split.index is not None else range(len(split))
     out.write("index,label," + ",".join(f"p{c}" for c in classes) + "\n")

@@ -17,9 +17,8 @@ from typing import Protocol
 import torch
 from torch.distributions import Distribution, Independent
 
-from .distributions import normal_kl
+from .distributions import kl_per_dim
 from .errors import VaekitError
-from .priors import has_closed_form_kl
 
 
 class LatentVariableModel(Protocol):
@@ -48,12 +47,13 @@ def elbo(
     posterior = model.posterior(x, c)
     z = posterior.rsample()  # reparameterized: z = loc + scale * eps, eps ~ N(0, I)
     recon = -model.likelihood(z, c).log_prob(x)
-    kl, kl_per_dim = latent_kl(posterior, model.prior(c), z)
+    kl, kl_dims = latent_kl(posterior, model.prior(c), z)
     neg_elbo = recon + kl
     if free_bits > 0:
-        if kl_per_dim is None:
-            raise VaekitError("--free-bits needs a KL per latent dimension: a prior with a closed-form KL (--prior normal)")
-        loss = recon.mean() + beta * kl_per_dim.mean(0).clamp(min=free_bits).sum()
+        if kl_dims is None:
+            raise VaekitError("--free-bits needs a KL per latent dimension: a posterior and prior with a closed-form KL "
+                          "(--prior normal)")
+        loss = recon.mean() + beta * kl_dims.mean(0).clamp(min=free_bits).sum()
     elif isinstance(beta, float | int) and beta == 1:
         loss = neg_elbo.mean()  # the same number with two fewer operations in the step
     else:
@@ -61,14 +61,15 @@ def elbo(
     return {"loss": loss, "neg_elbo": neg_elbo, "recon": recon, "kl": kl}
 
 
-def latent_kl(posterior: Independent, prior: Distribution, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def latent_kl(posterior: Distribution, prior: Distribution, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """KL(q(z|x) || p(z)) per image (B,), and per latent dimension (B, D) where that exists.
 
-    A diagonal-Gaussian prior: the closed form, per dimension. Any other (a mixture): the one-sample
-    estimate log q(z|x) - log p(z) at the sample z, unbiased, with no per-dimension split (None)."""
-    if has_closed_form_kl(prior):
-        kl_per_dim = normal_kl(posterior.base_dist, prior.base_dist)  # (B, D)
-        return kl_per_dim.sum(-1), kl_per_dim
+    A pair with a declared closed form (distributions.CLOSED_FORM_KL: diagonal Gaussians): the closed form,
+    per dimension. Any other (a mixture prior, a non-Gaussian posterior): the one-sample estimate
+    log q(z|x) - log p(z) at the sample z, unbiased, with no per-dimension split (None)."""
+    per_dim = kl_per_dim(posterior, prior)  # (B, D) or None
+    if per_dim is not None:
+        return per_dim.sum(-1), per_dim
     return posterior.log_prob(z) - prior.log_prob(z), None
 
 
@@ -145,18 +146,18 @@ def gaussian_latent_bounds(
     """Evaluation terms per image of a model with a diagonal-Gaussian posterior:
 
         recon      = -(1/K) sum_k log p(x|z_k)         (B,)   the reconstruction part of -ELBO
-        kl         = KL(q(z|x) || p(z))                 (B,)   closed form (a Gaussian prior), else
+        kl         = KL(q(z|x) || p(z))                 (B,)   closed form (a declared pair), else
                                                                (1/K) sum_k log q(z_k|x) - log p(z_k);
                                                                -ELBO = recon + kl
-        kl_per_dim = the KL of each latent dimension    (B, D) (a Gaussian prior only)
+        kl_per_dim = the KL of each latent dimension    (B, D) (a closed-form pair only)
         nll        = -IWAE_K(x)                         (B,)
     """
     posterior, prior = model.posterior(x, c), model.prior(c)
     s = importance_samples(model, x, c, num_samples=num_samples, chunk=chunk, posterior=posterior, prior=prior)
     terms = {"recon": -s["log_likelihood"].mean(0), "nll": -iwae_bound(s["log_weights"])}
-    if has_closed_form_kl(prior):
-        kl_per_dim = normal_kl(posterior.base_dist, prior.base_dist)  # (B, D)
-        return {**terms, "kl": kl_per_dim.sum(-1), "kl_per_dim": kl_per_dim}
+    per_dim = kl_per_dim(posterior, prior)  # (B, D): a declared closed-form pair
+    if per_dim is not None:
+        return {**terms, "kl": per_dim.sum(-1), "kl_per_dim": per_dim}
     # No closed form: the mean over the K samples of log q(z_k|x) - log p(z_k), so -ELBO = recon + kl
     # is -(1/K) sum_k log w_k, an unbiased estimate.
     return {**terms, "kl": (s["log_likelihood"] - s["log_weights"]).mean(0)}

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent
+from torch.distributions import Independent
 
 from .config import _opt
 from .distributions import DiagonalGaussianMixture, unit_normal
@@ -87,8 +87,3 @@ def components_option() -> Any:
 
 def make_prior(name: str, latent_dim: int, components: int, image_shape: tuple[int, ...]) -> nn.Module:
     return PRIORS[name](latent_dim, components, image_shape)
-
-
-def has_closed_form_kl(prior: Distribution) -> bool:
-    """Whether KL(diagonal Gaussian || prior) has a closed form per dimension (a diagonal Gaussian prior)."""
-    return isinstance(prior, Independent)

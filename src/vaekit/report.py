@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ import torch
 from PIL import Image
 
 from . import checkpoint as ckpt
-from . import plots
+from . import plots, runs
+from .data import test_targets
+from .errors import VaekitError
 from .latent_map import LatentMap, latent_map
 from .objectives import BOUND_NAMES, selected_bound
 
@@ -287,7 +290,7 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
     run = Path(run)
     pictures = pictures or {}
     metrics = ckpt.read_metrics(run)
-    data_cfg, model_cfg, _ = ckpt.read_config(run)
+    data_cfg, model_cfg, _ = runs.read_config(run)
     x, y = test.x[:MAP_IMAGES], None if test.y is None else test.y[:MAP_IMAGES]
     shown = x if shown is None else shown[:MAP_IMAGES].to(x.device)
     sections = [config_section(run), metrics_section(run, metrics)]
@@ -317,16 +320,27 @@ def write_report(run: str | Path, *, method: str = "auto", model=None, test=None
     """Write RUN/report.html (atomically); the model and test images are loaded from the run unless given
     (test: DeviceData as the model sees them, shown: as people do; see build_report)."""
     run = Path(run)
-    data_cfg, _, _ = ckpt.read_config(run)
+    data_cfg, _, _ = runs.read_config(run)
     if model is None:
-        model = ckpt.load_model(run, "cpu")
+        model = runs.load_model(run, "cpu")
     if test is None:
-        from .api import evaluation_data
-        from .data import test_targets
-
-        split, data_cfg, mode = evaluation_data(run)
+        split, data_cfg, mode = runs.evaluation_data(run)
         test = test_targets(split, data_cfg.split_seed, mode, model_device(model))
         shown = split.to_float()
     page = build_report(run, model, test, method, pictures, seed=data_cfg.split_seed, shown=shown)
     ckpt.atomic_write(run / REPORT, page.encode())
     return run / REPORT
+
+
+def render_run(run: str | Path, device: str | torch.device = "cpu") -> None:
+    """Draw a trained run's pictures (plots.run_pictures) from its best weights and its own test images, and
+    write report.html: what `vaekit train` does once the loop has written the run."""
+    run = Path(run)
+    model = runs.load_model(run, device)
+    split, data_cfg, mode = runs.evaluation_data(run)
+    test = test_targets(split, data_cfg.split_seed, mode, model_device(model))
+    drawn = plots.run_pictures(run, model, test, data_cfg.split_seed)
+    try:
+        write_report(run, model=model, test=test, shown=split.to_float(), pictures=drawn)
+    except VaekitError as e:  # the trained run is saved whole; the report can be written later
+        print(f"vaekit: warning: {e}; the run is complete: `vaekit report {run}` writes the report", file=sys.stderr)

@@ -16,6 +16,16 @@ from .vae import CVAE, VAE
 MODELS: dict[str, type] = {"vae": VAE, "cvae": CVAE, "m2": M2, "categorical": CategoricalVAE, "hvae": HVAE}
 
 
+def conditional_models() -> list[str]:
+    """The models that draw a class per image (trained on labels: all or some)."""
+    return [name for name, cls in MODELS.items() if cls.labels != "none"]
+
+
+def classifying_models() -> list[str]:
+    """The models with their own classifier q(y|x) (`classifies`)."""
+    return [name for name, cls in MODELS.items() if cls.classifies]
+
+
 def model_class(name: object) -> type:
     if name not in MODELS:
         raise VaekitError(f"model = {name!r} is not a valid value (expected one of {', '.join(MODELS)})")
@@ -37,4 +47,4 @@ def config_from_dict(d: dict) -> ModelConfig:
     return from_dict(cls, d, ignore=legacy)
 
 
-__all__ = ["MODELS", "VAE", "CVAE", "M2", "CategoricalVAE", "HVAE", "EvalContext", "Model", "build", "config_from_dict", "model_class"]
+__all__ = ["MODELS", "conditional_models", "classifying_models", "VAE", "CVAE", "M2", "CategoricalVAE", "HVAE", "EvalContext", "Model", "build", "config_from_dict", "model_class"]

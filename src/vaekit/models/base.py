@@ -6,6 +6,11 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
     labels: "none" | "all" | "some"   which labels training needs: none (VAE), every image's (CVAE),
                                       or some (M2: y = -1 marks an unknown label)
     num_classes: int                  classes it can draw (0: it draws without a class)
+    bound: str                        the per-example term of forward() that validation keeps the best
+                                      weights by: "neg_elbo", or e.g. "neg_iwae" for a model trained on
+                                      the IWAE bound (the loop refuses a model whose forward lacks it)
+    classifies: bool                  whether it has predict_proba(x) -> (B, K), its own q(y|x) (M2):
+                                      `vaekit predict` and label_error use it; False for the others
     dataset_defaults (optional)       {dataset: {field: value}}: settings that replace the built-in
                                       defaults on that dataset (under any flag given) unless --arch is
                                       given: the best measured set-up for about 15 minutes on 2 CPU
@@ -32,6 +37,8 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
                                       of its prior, a categorical variable over its K categories. Axis
                                       a is column a of bounds()' "kl_per_dim" (to order the rows by KL)
     metrics(context) -> dict          numbers only this model has (e.g. the judge of conditional samples)
+    posterior(x, c), prior(c), likelihood(z, c)   (optional) the distributions, for objectives.py's generic
+                                      bounds; the loop never calls them
 """
 
 from __future__ import annotations
@@ -64,11 +71,14 @@ class EvalContext:
 class Model(Protocol):
     Config: ClassVar[type[ModelConfig]]
     labels: ClassVar[str]
+    classifies: ClassVar[bool]
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]]
     cfg: ModelConfig
 
     @property
     def num_classes(self) -> int: ...
+    @property
+    def bound(self) -> str: ...
     def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None, **knobs: Any) -> dict[str, torch.Tensor]: ...
     def knobs(self, step: int) -> dict[str, float]: ...
     def bounds(self, x: torch.Tensor, y: torch.Tensor | None, num_samples: int, chunk: int) -> dict[str, torch.Tensor]: ...
@@ -78,6 +88,8 @@ class Model(Protocol):
     def decode(self, z: torch.Tensor, labels: Any = None) -> torch.Tensor: ...
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor: ...
     def metrics(self, context: EvalContext) -> dict: ...
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y|x): (B, K); only where `classifies` is True."""
 
 
 def class_labels(labels: Any, n: int, num_classes: int, device: torch.device) -> torch.Tensor | None:
@@ -89,7 +101,7 @@ def class_labels(labels: Any, n: int, num_classes: int, device: torch.device) ->
             raise VaekitError("this model draws a class per image: give labels (e.g. --label 7)")
         return None
     if not num_classes:
-        raise VaekitError("labels were given but this model draws no classes (train with --model cvae or m2)")
+        raise VaekitError("labels were given but this model draws no classes (train a model that does: see `vaekit train --help`, --model)")
     if isinstance(labels, bool) or not isinstance(labels, (int, list, tuple, torch.Tensor)):
         raise VaekitError(f"labels must be an int or a list of ints, got {type(labels).__name__}")
     c = torch.as_tensor(labels, dtype=torch.long, device=device)

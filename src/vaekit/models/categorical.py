@@ -73,6 +73,8 @@ class CategoricalConfig(ModelConfig):
 class CategoricalVAE(nn.Module):
     Config = CategoricalConfig
     labels = "none"
+    classifies = False
+    bound = "neg_elbo"  # the per-example term validation keeps the best weights by
 
     def __init__(self, cfg: CategoricalConfig):
         super().__init__()

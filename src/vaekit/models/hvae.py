@@ -45,6 +45,8 @@ class HVAEConfig(ModelConfig):
 class HVAE(nn.Module):
     Config = HVAEConfig
     labels = "none"
+    classifies = False
+    bound = "neg_elbo"  # the per-example term validation keeps the best weights by
 
     def __init__(self, cfg: HVAEConfig):
         super().__init__()

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent
 
+from ..classifier import judge_conditional_samples
 from ..config import ModelConfig, _opt
 from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
@@ -68,6 +69,8 @@ class M2Config(ModelConfig):
 class M2(nn.Module):
     Config = M2Config
     labels = "some"  # y = -1 marks an image whose label is unknown
+    classifies = True  # predict_proba: its q(y|x)
+    bound = "neg_elbo"  # the per-example term validation keeps the best weights by
 
     def __init__(self, cfg: M2Config):
         super().__init__()
@@ -194,8 +197,6 @@ class M2(nn.Module):
 
     def metrics(self, context: EvalContext) -> dict:
         """How recognisable its samples of each class are, judged as the CVAE's are."""
-        from ..classifier import judge_conditional_samples
-
         return judge_conditional_samples(self, context)
 
     # ---- uses

@@ -28,6 +28,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent
 
 from ..autoregressive import AutoregressiveBernoulli, PixelContext
+from ..classifier import judge_conditional_samples
 from ..config import ModelConfig, _opt
 from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
@@ -47,13 +48,17 @@ def autoregressive_hidden_option() -> int:
     return _opt(0, "hidden units of --autoregressive's masked network (0: --hidden)", low=0, high=65536)
 
 
+def train_samples_option() -> int:
+    return _opt(1, "importance samples of the training objective: 1 = the ELBO, K > 1 = the IWAE bound -IWAE_K "
+                "(Burda et al. 2016; K times the decoder's work per step)", low=1, high=4096)
+
+
 @dataclass(frozen=True)
 class VAEConfig(ModelConfig):
     model: str = "vae"
     prior: str = prior_option()
     prior_components: int = components_option()
-    train_samples: int = _opt(1, "importance samples of the training objective: 1 = the ELBO, K > 1 = the IWAE "
-                              "bound -IWAE_K (Burda et al. 2016; K times the decoder's work per step)", low=1, high=4096)
+    train_samples: int = train_samples_option()
     autoregressive: bool = autoregressive_option()
     autoregressive_hidden: int = autoregressive_hidden_option()
 
@@ -61,6 +66,7 @@ class VAEConfig(ModelConfig):
 class VAE(nn.Module):
     Config = VAEConfig
     labels = "none"  # trained on images alone; labels, if the data has them, are ignored
+    classifies = False
     # Fashion-MNIST: the VampPrior paper's gated MLP with a 15-minute schedule beats the conv VAE there at
     # every budget measured (BENCHMARKS.md §7); a run that names --arch gets the built-in defaults.
     dataset_defaults = {"fashion-mnist": dict(arch="mlp", hidden=300, hidden_layers=2, gated=True, latent_dim=40,
@@ -70,12 +76,10 @@ class VAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = make_networks(cfg, self.num_classes)
-        # p(z) (priors.py); a config without a `prior` field (the CVAE's) has N(0, I)
-        self.latent_prior = make_prior(getattr(cfg, "prior", "normal"), cfg.latent_dim,
-                                       getattr(cfg, "prior_components", 0), cfg.image_shape)
-        self.pixel_context = None  # a(x_<i, z) of the autoregressive likelihood (a config without the field: none)
-        hidden = getattr(cfg, "autoregressive_hidden", 0)
-        if getattr(cfg, "autoregressive", False):
+        self.latent_prior = self.make_latent_prior(cfg)  # p(z) (priors.py)
+        self.pixel_context = None  # a(x_<i, z) of the autoregressive likelihood
+        hidden = cfg.autoregressive_hidden
+        if cfg.autoregressive:
             if cfg.likelihood != "bernoulli":
                 raise VaekitError("--autoregressive is a Bernoulli likelihood over binary pixels: drop --likelihood gaussian")
             self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes,
@@ -83,10 +87,21 @@ class VAE(nn.Module):
         elif hidden:
             raise VaekitError("--autoregressive-hidden sizes the masked network of --autoregressive: add --autoregressive")
 
+    @staticmethod
+    def make_latent_prior(cfg: VAEConfig) -> nn.Module:
+        """p(z): the --prior of the config."""
+        return make_prior(cfg.prior, cfg.latent_dim, cfg.prior_components, cfg.image_shape)
+
     @property
     def num_classes(self) -> int:
         """Classes the model is conditioned on and can draw (0: none)."""
         return 0
+
+    @property
+    def bound(self) -> str:
+        """Validated by -IWAE_K when trained on it (an IWAE-trained model's -ELBO gets worse as its likelihood
+        gets better, Burda et al. 2016 sec. 5.2), else by -ELBO."""
+        return "neg_iwae" if self.cfg.train_samples > 1 else "neg_elbo"
 
     def condition(self, c: torch.Tensor | None) -> torch.Tensor | None:
         """The one-hot class the networks see: (B, K), or None for an unconditional model."""
@@ -119,7 +134,7 @@ class VAE(nn.Module):
         --train-samples K > 1, the IWAE bound (objectives.iwae_objective: neg_iwae too), in training and in
         validation, which then selects the best weights on it."""
         c = y if self.num_classes else None
-        k = getattr(self.cfg, "train_samples", 1)
+        k = self.cfg.train_samples
         if k > 1:
             if self.training and (free_bits or (not isinstance(beta, torch.Tensor) and beta != 1)):
                 raise VaekitError("--train-samples > 1 trains the IWAE bound, which has no KL weight: leave --beta, "
@@ -175,6 +190,7 @@ class VAE(nn.Module):
 class CVAEConfig(ModelConfig):
     model: str = "cvae"
     class_prior: bool = _opt(True, "a learned Gaussian prior p(z|c) per class (--no-class-prior: p(z) = N(0, I))")
+    train_samples: int = train_samples_option()
     autoregressive: bool = autoregressive_option()  # p(x_i | x_<i, z, c)
     autoregressive_hidden: int = autoregressive_hidden_option()
 
@@ -193,6 +209,11 @@ class CVAE(VAE):
         if cfg.class_prior:  # p(z|c): one row per class, (K, D)
             self.class_prior_loc = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
             self.class_prior_log_scale = nn.Parameter(torch.zeros(cfg.num_classes, cfg.latent_dim))
+
+    @staticmethod
+    def make_latent_prior(cfg: CVAEConfig) -> nn.Module:
+        """N(0, I): used without a class prior (p(z|c) is the model's own parameters)."""
+        return make_prior("normal", cfg.latent_dim, 0, cfg.image_shape)
 
     @property
     def num_classes(self) -> int:
@@ -213,6 +234,4 @@ class CVAE(VAE):
 
     def metrics(self, context: EvalContext) -> dict:
         """How recognisable its samples of each class are to a judge trained on the real images."""
-        from ..classifier import judge_conditional_samples
-
         return judge_conditional_samples(self, context)
