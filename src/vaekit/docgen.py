@@ -19,11 +19,12 @@ import re
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
+from .cli import build_parser
 from .config import DataConfig, ModelConfig, TrainConfig
-
-COMMAND = "make docs"  # python -m vaekit.docgen docs/cli.md
+from .models import MODELS
 
 
 def _cell(text: str) -> str:
@@ -39,8 +40,6 @@ def _first_line(cls: type) -> str:
 def _config_fields() -> dict[str, tuple[dataclasses.Field, Any, list[str]]]:
     """Each documented config field by name: the field, its type hint, and the models that take it
     (empty for the fields every run has)."""
-    from .models import MODELS
-
     found: dict[str, tuple[dataclasses.Field, Any, list[str]]] = {}
     for cls in (DataConfig, ModelConfig, TrainConfig):
         hints = typing.get_type_hints(cls)
@@ -118,8 +117,6 @@ _SHORT_HEADER = ("| argument | value | default | what it does |", "|---|---|---|
 
 def _train_groups(parser: argparse.ArgumentParser, fields: dict) -> list[str]:
     """`vaekit train`: its own arguments, then one table per config dataclass (as the parser groups them)."""
-    from .models import MODELS
-
     titles = {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "TrainConfig": TrainConfig}
     titles.update({f"--model {name}": cls.Config for name, cls in MODELS.items()})
     lines: list[str] = []
@@ -128,8 +125,11 @@ def _train_groups(parser: argparse.ArgumentParser, fields: dict) -> list[str]:
         if not actions:
             continue
         cls = titles.get(group.title or "")
-        if cls is None:
+        if cls is None and group.title in ("options", "optional arguments", "positional arguments"):
             lines += ["", "### The run", "", "Where the run goes, and how it starts.", ""]
+        elif cls is None:  # a group cli.py adds under its own title
+            title = group.title or ""
+            lines += ["", f"### {title[:1].upper() + title[1:]}", "", *([group.description, ""] if group.description else [])]
         elif cls in (DataConfig, ModelConfig, TrainConfig):
             heading = {DataConfig: "Data", ModelConfig: "Model", TrainConfig: "Training"}[cls]
             lines += ["", f"### {heading}: `{cls.__name__}`", "",
@@ -151,8 +151,6 @@ def _train_groups(parser: argparse.ArgumentParser, fields: dict) -> list[str]:
 
 def reference() -> str:
     """docs/cli.md: every subcommand of `vaekit` and every one of its arguments."""
-    from .cli import build_parser
-
     parser = build_parser()
     fields = _config_fields()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -164,8 +162,9 @@ def reference() -> str:
         "     (python -m vaekit.docgen docs/cli.md). Do not edit by hand: tests/test_docs.py fails until the",
         "     file is regenerated. -->",
         "",
-        "`vaekit COMMAND --help` prints the same. A training flag is a field of a config dataclass: the *key*",
-        "column is its name as a keyword of `vaekit.train(...)` and in the run folder's `config.json`.",
+        "`vaekit COMMAND --help` prints the same. The *key* column of `vaekit train` is the flag's name as a",
+        "keyword of `vaekit.train(...)`; a training flag that is a field of a config dataclass has that name",
+        "in the run folder's `config.json` too.",
         "*unset* means no value: the run or the data decides (each help says how). Ranges are checked in one",
         "place for the command line, the Python API and a config.json read from disk. Errors print one line",
         "and exit with status 2. [guide.md](guide.md) explains the models, data sources and likelihoods.",
@@ -188,8 +187,6 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     text = reference()
     if args:
-        from pathlib import Path
-
         Path(args[0]).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
