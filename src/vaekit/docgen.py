@@ -129,7 +129,8 @@ def _train_groups(parser: argparse.ArgumentParser, fields: dict) -> list[str]:
             lines += ["", "### The run", "", "Where the run goes, and how it starts.", ""]
         elif cls is None:  # a group cli.py adds under its own title
             title = group.title or ""
-            lines += ["", f"### {title[:1].upper() + title[1:]}", "", *([group.description, ""] if group.description else [])]
+            about = [group.description, ""] if group.description else []
+            lines += ["", f"### {title[:1].upper() + title[1:]}", "", *about]
         elif cls in (DataConfig, ModelConfig, TrainConfig):
             heading = {DataConfig: "Data", ModelConfig: "Model", TrainConfig: "Training"}[cls]
             lines += ["", f"### {heading}: `{cls.__name__}`", "",
