@@ -38,3 +38,9 @@ test-fast: venv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# docs/cli.md, the flag reference, is generated from the parser and the config dataclasses
+# (tests/test_docs.py fails until it is regenerated after a flag changes).
+.PHONY: docs
+docs: venv
+	$(PY) -m vaekit.docgen docs/cli.md

@@ -6,7 +6,7 @@
     python benchmarks/eval_speed.py --device cuda --models conv mlp autoregressive --max-batch 334 0 65536
     OMP_NUM_THREADS=1 python benchmarks/eval_speed.py --models paper-mlp autoregressive --train-samples 20
 
-For each model (vaekit's default conv VAE, the MLP 784-400-20; and BENCHMARKS §7's paper MLP 784-300-300-40
+For each model (vaekit's default conv VAE, the MLP 784-400-20; and BENCHMARKS.md's paper MLP 784-300-300-40
 gated, with the VampPrior or a mixture of 500 components, as the two-layer hierarchy, or with the
 autoregressive likelihood) on the same process and data:
 
@@ -41,7 +41,7 @@ from vaekit.data import fixed_targets, load_dataset  # noqa: E402
 from vaekit.evaluate import default_max_batch, evaluate  # noqa: E402
 from vaekit.train import train_step  # noqa: E402
 
-PAPER_MLP = dict(arch="mlp", hidden=300, hidden_layers=2, gated=True, latent_dim=40)  # BENCHMARKS §7
+PAPER_MLP = dict(arch="mlp", hidden=300, hidden_layers=2, gated=True, latent_dim=40)  # the papers' set-up
 MODELS = {
     "conv": {},  # vaekit's default
     "mlp": dict(arch="mlp", hidden=400, latent_dim=20),  # the classic 784-400-20

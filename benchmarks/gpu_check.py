@@ -126,7 +126,7 @@ def main() -> None:
     write(out, results)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     k, images = (20, 50) if args.smoke else (5000, 10000)
-    # At most 8 minutes together even if each stage hangs; on an H200 they took 57, 58, 53 and 39 s (BENCHMARKS §8).
+    # At most 8 minutes together even if each stage hangs; on an H200 they took 57, 58, 53 and 39 s (BENCHMARKS.md).
     limits = {"tests": 120, "iwae": 150, "speed": 120, "fast": 90} if not args.smoke else dict.fromkeys(args.stages, 300)
     for stage in args.stages:
         if stage == "speed":

@@ -68,7 +68,7 @@ def m2_run(browser, tmp_path_factory):
 @pytest.mark.parametrize("name", ["digits_run", "cvae_run", "m2_run"])
 def test_report_in_the_browser(browser, name, request, tmp_path, capsys):
     run = shutil.copytree(request.getfixturevalue(name), tmp_path / "run")
-    (run / "evaluation.json").unlink(missing_ok=True)  # the session's runs are shared: start from none
+    (run / "evaluation.json").unlink(missing_ok=True)  # the runs are shared between tests: start from none
     if name == "digits_run":
         assert main(["evaluate", str(run), "--iw-samples", "3", "--json"]) == 0
         capsys.readouterr()

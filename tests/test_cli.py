@@ -115,7 +115,7 @@ def test_python_dash_m_and_console_script(tmp_path):
 
 
 def test_fashion_mnist_defaults_to_the_measured_mlp_set_up(monkeypatch, tmp_path, capsys):
-    """On Fashion-MNIST the VAE's defaults are the gated MLP of BENCHMARKS.md §7 (the best there for about
+    """On Fashion-MNIST the VAE's defaults are the gated MLP of BENCHMARKS.md (the best there for about
     15 minutes); any flag overrides one of them, --arch conv (or another model, or dataset) keeps the
     built-in ones, and the command says which it took."""
     import vaekit.api as api

@@ -31,7 +31,7 @@ def test_chunked_evaluation_equals_one_big_batch(model_and_data):
 
 
 def test_the_decoder_pass_is_small_on_the_cpu_and_large_on_a_gpu():
-    # CPU: below glibc's mmap threshold (BENCHMARKS §7); GPU: enough pairs to keep the device busy
+    # CPU: below glibc's mmap threshold (BENCHMARKS.md, evaluation); GPU: enough pairs to keep the device busy
     assert default_max_batch((1, 28, 28)) == default_max_batch((1, 28, 28), "cpu") == 2**18 // 784 == 334
     assert default_max_batch((1, 28, 28), torch.device("cuda")) == 2**23 // 784 == 10699
     assert default_max_batch((1, 8, 8), "cuda") == 65536 and default_max_batch((3, 256, 256), "cuda") == 4096

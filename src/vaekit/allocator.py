@@ -13,7 +13,7 @@ def keep_freed_memory() -> bool:
     Each decoder pass (and each training step) frees and allocates the same few MB again. glibc's
     default thresholds move with the allocation history (its mmap threshold adapts, its heap is trimmed
     above 2x it), so the same evaluation sometimes handed those pages back to the kernel and faulted
-    them in again at every pass: 15-34 % system time on the Fashion conv VAE in some runs, 2-4 % in others (BENCHMARKS §7).
+    them in again at every pass: 15-34 % system time on the Fashion conv VAE in some runs, 2-4 % in others (BENCHMARKS.md).
     Fixed thresholds (allocations below 64 MB from the heap, up to 256 MB of free heap kept) made it
     0 % in every run; IWAE-32 training on digits went from 19 % system time to under 1 %. Training and
     evaluation call it once. It is process-wide: the process may hold up to 256 MB it no longer uses.

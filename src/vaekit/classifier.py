@@ -9,7 +9,7 @@ The judge is trained to ignore what is not the class: a shift of up to one pixel
 of up to BLUR_SIGMA pixels (of a 28x28 image; in proportion for other sizes). A VAE's E[x|z,c]
 averages over the images that z could have come from, so it is smooth; a judge trained on sharp
 images only reads smoothness as a class (it calls 1-pixel blurred real sandals sneakers and blurred
-shirts pullovers; benchmarks/judge.py measures it, BENCHMARKS.md §2 has the table).
+shirts pullovers; benchmarks/judge.py measures it, BENCHMARKS.md has the table).
 """
 
 from __future__ import annotations

@@ -41,12 +41,12 @@ def default_max_batch(image_shape: tuple[int, ...], device: torch.device | str =
 
     On a GPU 2**23 / pixels, between 4096 and 65536 (10,699 at 28x28: 0.5 GB for the default conv
     decoder's 16-channel 28x28 layer): there 334 pairs left an H200 idle, and this pass evaluated
-    12-22x faster (BENCHMARKS.md §8). On the CPU:
+    12-22x faster (BENCHMARKS.md, "GPU numbers"). On the CPU:
 
     Small enough that the decoder's largest activation (a few MB) stays below glibc's mmap threshold:
     larger passes (2**21 / pixels before) got fresh pages from the kernel for every chunk and gave
     them back after it, and the page faults took half of the CPU time (system time 50 % on Fashion-
-    MNIST, 38 % on digits, one thread; BENCHMARKS.md, "Evaluation speed")."""
+    MNIST, 38 % on digits, one thread; BENCHMARKS.md, "How fast is evaluation?")."""
     if torch.device(device).type != "cpu":
         return min(65536, max(4096, 2**23 // math.prod(image_shape)))
     return min(4096, max(256, 2**18 // math.prod(image_shape)))

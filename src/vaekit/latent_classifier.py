@@ -19,7 +19,7 @@ Two classifiers (scikit-learn), `classifier=`:
              among n_neighbors 10/20/30 x alpha 0.2/0.5/0.8/0.99 x standardised or not: k 10 with alpha
              0.2 or 0.5 had the lowest validation error (0.083 at 10 labels per class, 0.023 at 100);
              the tie went to scikit-learn's default alpha, 0.2. Then confirmed, unchanged, on
-             Fashion-MNIST (BENCHMARKS.md section 4).
+             Fashion-MNIST (BENCHMARKS.md, "Semi-supervised classification").
   logistic   multinomial logistic regression (C 1) on the labelled codes alone: inductive, calibrated.
 
 Nothing is pickled: the run folder keeps the features and labels (m1.safetensors: for spreading the

@@ -68,7 +68,7 @@ class VAE(nn.Module):
     labels = "none"  # trained on images alone; labels, if the data has them, are ignored
     classifies = False
     # Fashion-MNIST: the VampPrior paper's gated MLP with a 15-minute schedule beats the conv VAE there at
-    # every budget measured (BENCHMARKS.md §7); a run that names --arch gets the built-in defaults.
+    # every budget measured (BENCHMARKS.md, Fashion-MNIST); a run that names --arch gets the built-in defaults.
     dataset_defaults = {"fashion-mnist": dict(arch="mlp", hidden=300, hidden_layers=2, gated=True, latent_dim=40,
                                               batch_size=100, lr=1e-3, kl_warmup=10.0, epochs=150)}
 
