@@ -21,6 +21,7 @@ from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .data import Split, binarization, load_dataset, test_targets
 from .errors import VaekitError
 from .evaluate import evaluate as evaluate_model
+from .options import EvaluateCall, RunCall, TrainCall
 from .train import fit, resolve_device
 
 RESUME_CHANGES = {"epochs", "device"}  # the settings a resumed run may change
@@ -68,6 +69,7 @@ def train(
     With resume=True the run continues with the settings in its config.json; only `epochs` (to train
     longer) and `device` (to move it, e.g. a GPU run onto a CPU) may be given. tensorboard: a folder to
     log the numbers and samples of each epoch to (needs the tensorboard package)."""
+    TrainCall(out, overwrite, resume, progress, tensorboard)  # types: overwrite="no" is not True
     if resume:
         changed = sorted(set(options) - RESUME_CHANGES)
         if changed:
@@ -84,6 +86,7 @@ def train(
 
 def load(run: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The best model of a run folder, in eval mode."""
+    RunCall(run, device)
     return ckpt.load_model(Path(run), resolve_device(device))
 
 
@@ -132,6 +135,7 @@ def evaluate(
                         ("--limit", limit), ("--max-batch", max_batch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise VaekitError(f"{name} must be a whole number of at least 1, got {value!r}")
+    EvaluateCall(run, dataset, data, data_dir, iw_samples, device, max_batch, samples_per_class, limit, log, progress)
     dev = resolve_device(device)
     model = ckpt.load_model(Path(run), dev)
     split, data_cfg, mode = evaluation_data(run, dataset, data, data_dir)

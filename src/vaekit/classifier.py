@@ -175,9 +175,10 @@ def conditional_accuracy_per_class(
     """For each class c, the fraction of samples E[x|z,c], z ~ p(z|c), that the classifier labels c."""
     k = model.num_classes
     device = next(model.parameters()).device
-    labels = torch.arange(k, device=device).repeat_interleave(samples_per_class)
-    correct = torch.zeros(k, dtype=torch.long, device=labels.device)
-    for c in labels.split(batch_size):
+    correct = torch.zeros(k, dtype=torch.long, device=device)
+    total = k * samples_per_class  # class c's samples are numbers c*spc .. (c+1)*spc - 1, in batches
+    for start in range(0, total, batch_size):
+        c = torch.arange(start, min(start + batch_size, total), device=device) // samples_per_class
         hit = predict(classifier, model.sample(len(c), labels=c)) == c
         correct += torch.bincount(c[hit], minlength=k)
     return (correct.double() / samples_per_class).tolist()

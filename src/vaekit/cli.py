@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .errors import Terminated, VaekitError
+from .options import PictureCall
 
 
 class Parser(argparse.ArgumentParser):
@@ -244,6 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
+    PictureCall(args.n, args.seed)
     model = load(args.run)
     if args.label is not None and not model.num_classes:
         raise VaekitError(f"--label needs a model that draws classes, and {args.run} does not (train with --model cvae or m2)")
@@ -270,6 +272,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
+    PictureCall(args.n)
     model, targets = load(args.run), _test_images(args.run)
     print(save_image(args.out, reconstruction_grid(model, targets.x, targets.y, n=args.n)))
     return 0
@@ -281,6 +284,7 @@ def cmd_analogy(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
+    PictureCall(args.n)
     model = load(args.run)
     if not model.num_classes:
         raise VaekitError(f"analogies need a model that draws classes, and {args.run} does not (train with --model cvae or m2)")
