@@ -31,6 +31,7 @@ from safetensors.torch import save as st_save
 from . import __version__
 from .config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from .errors import VaekitError
+from .outputs import check_replaceable
 
 CONFIG, BEST, LAST, METRICS = "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl"
 EVALUATION = "evaluation.json"
@@ -111,6 +112,7 @@ def prepare_run_folder(out: Path, overwrite: bool) -> None:
             raise VaekitError(f"{out} holds files that are not a vaekit run: choose another --out")
         if not overwrite:
             raise VaekitError(f"{out} already holds a vaekit run: pass --overwrite to replace it, or --resume {out} to continue it")
+        check_replaceable(out)  # nothing but the run's own files: never another run nested in it
         aside = out / REPLACED
         aside.mkdir()
         for entry in _entries(out):

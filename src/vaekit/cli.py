@@ -23,6 +23,7 @@ from pathlib import Path
 from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .errors import Terminated, VaekitError
 from .options import PictureCall
+from .outputs import check_output
 
 
 class Parser(argparse.ArgumentParser):
@@ -243,6 +244,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .api import load
     from .plots import image_grid, sample_grid, save_image
 
+    check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     PictureCall(args.n, args.seed)
@@ -270,6 +272,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .api import load
     from .plots import reconstruction_grid, save_image
 
+    check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     PictureCall(args.n)
@@ -282,6 +285,7 @@ def cmd_analogy(args: argparse.Namespace) -> int:
     from .api import load
     from .plots import analogy_grid, save_image
 
+    check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     PictureCall(args.n)
@@ -305,6 +309,8 @@ def cmd_m1(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .latent_classifier import predict_csv
 
+    if args.out:
+        check_output(args.out)
     text = predict_csv(Path(args.run), data=args.data)
     if args.out:
         from .checkpoint import atomic_write

@@ -1,0 +1,205 @@
+"""Issue 33: a hostile or careless user, a web page, a changed data file and damaged run files.
+
+Each case was a traceback, a lost run or a silently wrong number; each is now one line (exit status 2 from
+the CLI, a VaekitError from the API) or handled correctly, and loses nothing already written.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import vaekit
+from vaekit import VaekitError
+from vaekit.cli import main
+
+TINY = dict(dataset="digits", width=8, hidden=32, latent_dim=4, progress=False)
+
+
+def one_line(code: int, err: str, pattern: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vaekit: error:") and "Traceback" not in err, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".vaekit.lock"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return vaekit.train(tmp_path_factory.mktemp("hostile") / "run", epochs=1, **TINY)
+
+
+@pytest.fixture(scope="module")
+def cvae(tmp_path_factory) -> Path:
+    return vaekit.train(tmp_path_factory.mktemp("hostile") / "cvae", model="cvae", epochs=1, **TINY)
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    def make(run: Path) -> Path:
+        return Path(shutil.copytree(run, tmp_path / run.name))
+    return make
+
+
+# ---- data loss
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "metrics.jsonl", "samples.png", "notes.txt"])
+def test_no_command_writes_over_a_file_of_a_run_folder(run, copy_of, capsys, name):
+    """`predict --out RUN/config.json` replaced the config with CSV; `sample --out RUN/samples.png` a picture."""
+    mine = copy_of(run)
+    (mine / "notes.txt").write_text("mine")
+    before = snapshot(mine)
+    for argv in (["predict", mine, "--out", mine / name], ["sample", mine, "--out", mine / name],
+                 ["reconstruct", mine, "--out", mine / name]):
+        code, err = cli(capsys, *argv)
+        one_line(code, err, r"would replace a file of the run folder")
+    assert snapshot(mine) == before
+    assert cli(capsys, "sample", mine, "--n", "4", "--out", mine / "new.png")[0] == 0  # a new name there is fine
+
+
+@pytest.mark.parametrize("value", ["no", "yes", 0, 1, None, [True]])
+def test_api_arguments_are_type_checked(run, copy_of, value):
+    """`vaekit.train(..., overwrite="no")` replaced a finished run: any truthy value passed."""
+    mine = copy_of(run)
+    before = snapshot(mine)
+    with pytest.raises(VaekitError, match=r"^overwrite = .* is not a valid value \(expected bool\)$"):
+        vaekit.train(mine, overwrite=value, epochs=1, **TINY)
+    assert snapshot(mine) == before
+
+
+@pytest.mark.parametrize("call", [
+    lambda: vaekit.load(None), lambda: vaekit.load(7), lambda: vaekit.evaluate(None), lambda: vaekit.train(None),
+    lambda: vaekit.train(""), lambda: vaekit.train("a\0b"), lambda: vaekit.make_configs(model=["vae"]),
+    lambda: vaekit.make_configs(model=None), lambda: vaekit.make_configs(dataset=None),
+    lambda: vaekit.train("x", resume="yes"), lambda: vaekit.train("x", progress="no"),
+    lambda: vaekit.load("x", device=0),
+])
+def test_api_calls_with_none_or_wrong_types(call):
+    with pytest.raises(VaekitError) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_evaluate_api_types(run):
+    for kwargs in (dict(dataset=3), dict(data=["a"]), dict(iw_samples=2.5), dict(log="print"), dict(progress="x"),
+                   dict(device="gpu"), dict(limit=True)):
+        with pytest.raises(VaekitError):
+            vaekit.evaluate(run, **kwargs)
+
+
+def test_overwrite_refuses_a_folder_holding_another_run(run, tmp_path):
+    """`train --overwrite` of a run deleted a finished run nested in a subfolder of it."""
+    outer = Path(shutil.copytree(run, tmp_path / "outer"))
+    shutil.copytree(run, outer / "experiments" / "inner")
+    before = snapshot(outer)
+    with pytest.raises(VaekitError, match=r"also holds another vaekit run: experiments/ \(a vaekit run\); nothing"):
+        vaekit.train(outer, overwrite=True, epochs=1, **TINY)
+    assert snapshot(outer) == before
+
+
+def test_overwrite_refuses_files_a_run_did_not_write(run, tmp_path, capsys):
+    mine = Path(shutil.copytree(run, tmp_path / "mine"))
+    (mine / "thesis.tex").write_text("three years")
+    (mine / "data").mkdir()
+    before = snapshot(mine)
+    code, err = cli(capsys, "train", "--dataset", "digits", "--width", "8", "--hidden", "32", "--latent-dim", "4",
+                    "--epochs", "1", "--out", mine, "--overwrite")
+    one_line(code, err, r"files a vaekit run does not write: data/, thesis.tex")
+    assert snapshot(mine) == before
+    assert not (mine / ".replaced").exists()
+
+
+# ---- numbers in range that overflowed later
+
+
+@pytest.mark.parametrize("options, pattern", [
+    (dict(seed=2**63 - 1), r"seed \(--seed\) must be <= 4294967295"),
+    (dict(split_seed=2**62), r"split_seed \(--split-seed\) must be <= 4294967295"),
+    (dict(split_seed=10**400), r"split_seed \(--split-seed\) = an int of \d+ bits is out of range"),
+    (dict(model="categorical", groups=4096, categories=4096, hidden=65536), r"parameters: it needs about .* TB"),
+    (dict(dist_timeout=1e300), r"dist_timeout .* must be <= 10000000"),
+])
+def test_numbers_in_range_that_overflowed_later(tmp_path, options, pattern):
+    with pytest.raises(VaekitError, match=pattern):
+        base = {k: v for k, v in TINY.items() if k != "latent_dim" or "groups" not in options}
+        vaekit.train(tmp_path / "r", epochs=1, **{**base, **options})
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["sample", "{run}", "--n", "1000000000000", "--out", "{tmp}/s.png"], r"n \(--n\) must be <= 4096"),
+    (["sample", "{run}", "--seed", str(2**70), "--out", "{tmp}/s.png"], r"seed \(--seed\) must be <= 4294967295"),
+    (["sample", "{cvae}", "--label", str(10**30), "--out", "{tmp}/s.png"], r"labels must be"),
+    (["reconstruct", "{run}", "--n", "100000", "--out", "{tmp}/s.png"], r"n \(--n\) must be <= 4096"),
+    (["evaluate", "{run}", "--iw-samples", "1000000000", "--max-batch", "1000000000000"], r"iw_samples .* must be <="),
+    (["evaluate", "{run}", "--iw-samples", str(2**20), "--max-batch", str(2**24), "--limit", "16"],
+     r"a decoder pass over 16777216 \(image, sample\) pairs .* needs about .* of memory"),
+    (["evaluate", "{cvae}", "--samples-per-class", str(10**12), "--limit", "2"], r"samples_per_class .* must be <="),
+])
+def test_cli_numbers_whose_products_cannot_fit(run, cvae, tmp_path, capsys, argv, pattern, monkeypatch):
+    monkeypatch.setattr("vaekit.limits.device_memory", lambda device="cpu": 2**30)  # the same answer on any machine
+    argv = [a.format(run=run, cvae=cvae, tmp=tmp_path) for a in argv]
+    code, err = cli(capsys, *argv)
+    one_line(code, err, pattern)
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_sample_api_count_and_float_labels(run, cvae):
+    """Float labels were truncated (2.7 became class 2); a count of 10**12 allocated terabytes."""
+    with pytest.raises(VaekitError, match="at most 65536"):
+        vaekit.load(run).sample(10**12)
+    model = vaekit.load(cvae)
+    for labels in ([2.7, 3.2], torch.tensor([1.0, 2.0]), [True, False], [10**30, 1], ["a", "b"]):
+        with pytest.raises(VaekitError, match="labels must be"):
+            model.sample(2, labels=labels)
+    assert model.sample(2, labels=[2, 3]).shape[0] == 2
+
+
+def test_a_config_json_with_huge_image_shapes(run, copy_of, capsys):
+    mine = copy_of(run)
+    doc = json.loads((mine / "config.json").read_text())
+    for shape, pattern in (([1, 8, 10**6], r"image_shape\[2\] must be <= 4096"),
+                           ([3, 4096, 4096], r"parameters: it needs about")):
+        doc["model"]["image_shape"], doc["model"]["width"] = shape, 1024
+        (mine / "config.json").write_text(json.dumps(doc))
+        code, err = cli(capsys, "sample", mine, "--out", mine.parent / "s.png")
+        one_line(code, err, pattern)
+
+
+# ---- environment
+
+
+@pytest.mark.parametrize("env, pattern", [
+    ({"WORLD_SIZE": "two"}, r"WORLD_SIZE='two' must be a whole number"),
+    ({"WORLD_SIZE": "2"}, r"WORLD_SIZE=2 is set but RANK is not: run under torchrun"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, r"RANK='5' must be a whole number in 0..1"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, r"MASTER_ADDR is not"),
+])
+def test_world_size_outside_torchrun(tmp_path, capsys, monkeypatch, env, pattern):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, err = cli(capsys, "train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "r")
+    one_line(code, err, pattern)
+    assert not (tmp_path / "r").exists()
