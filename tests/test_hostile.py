@@ -203,3 +203,77 @@ def test_world_size_outside_torchrun(tmp_path, capsys, monkeypatch, env, pattern
     code, err = cli(capsys, "train", "--dataset", "digits", "--epochs", "1", "--out", tmp_path / "r")
     one_line(code, err, pattern)
     assert not (tmp_path / "r").exists()
+
+
+# ---- the explorer: a web page, a slow client, hostile JSON
+
+
+@pytest.fixture(scope="module")
+def explorer(run):
+    from vaekit.explore import load_explorer, make_server
+
+    server = make_server(load_explorer(run), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def request(server, method: str, path: str, body: bytes | None = None, host: str | None = None) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    try:
+        headers = {} if host is None else {"Host": host}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io", ""])
+def test_explorer_refuses_a_foreign_host(explorer, host):
+    """DNS rebinding: a page on evil.example, its name rebound to 127.0.0.1, read /api/info and the test images."""
+    for method, path, body in (("GET", "/api/info", None), ("GET", "/", None),
+                               ("POST", "/api/decode", json.dumps({"z": [0.0] * 4}).encode())):
+        status, answer = request(explorer, method, path, body, host=host)
+        assert status == 403 and "refused: Host" in answer["error"]
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "[::1]", "LOCALHOST:{port}", "127.0.0.1:{port}"])
+def test_explorer_serves_its_own_addresses(explorer, host):
+    status, info = request(explorer, "GET", "/api/info", host=host.format(port=explorer.server_address[1]))
+    assert status == 200 and info["latent_dim"] == 4
+
+
+def test_explorer_survives_clients_that_never_send_their_body(explorer, monkeypatch):
+    """A Content-Length larger than the body held a handler thread (and its socket) forever."""
+    monkeypatch.setattr(explorer.RequestHandlerClass, "timeout", 0.5)
+    stalled = []
+    for _ in range(50):
+        s = socket.create_connection(explorer.server_address[:2], timeout=60)
+        s.sendall(b"POST /api/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"z\": [")
+        stalled.append(s)
+    for s in stalled:  # the server gives up on each (it closes the connection), instead of waiting forever
+        try:
+            while s.recv(65536):
+                pass
+        finally:
+            s.close()
+    status, info = request(explorer, "GET", "/api/info")
+    assert status == 200 and info["latent_dim"] == 4
+
+
+@pytest.mark.parametrize("body", [
+    b'{"z": [1' + b"0" * 400 + b', 0, 0, 0]}',  # an int too large for a float
+    b'{"z": [1e400, 0, 0, 0]}', b'{"z": [NaN, 0, 0, 0]}', b'{"z": [-Infinity, 0, 0, 0]}',
+    b'{"point": [1' + b"0" * 400 + b", 0]}",
+    b"[" * 100_000 + b"]" * 100_000, b'{"z": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    b'{"z": [0, 0, 0, 0], "label": 1' + b"0" * 4000 + b"}", b'{"index": 1' + b"0" * 5000 + b"}",
+])
+def test_explorer_hostile_json_is_a_400(explorer, capfd, body):
+    path = "/api/image" if b"index" in body else "/api/decode"
+    status, answer = request(explorer, "POST", path, body)
+    assert status == 400 and "\n" not in answer["error"], answer
+    assert "Traceback" not in capfd.readouterr().err
+    assert request(explorer, "GET", "/api/info")[0] == 200

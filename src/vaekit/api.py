@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from . import models
+from . import fingerprint, models
 from .config import DataConfig, ModelConfig, TrainConfig, flag
-from .data import Split, binarization, load_dataset, test_targets
+from .data import Split, binarization, load_dataset, stored_location, test_targets
 from .errors import VaekitError
 from .evaluate import evaluate as evaluate_model
 from .options import EvaluateCall, RunCall, TrainCall
@@ -43,6 +43,9 @@ def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     three configs, over the model's defaults for the dataset (dataset_defaults); each config checks its
     values (types, choices, ranges) as it is built."""
     options = {**dataset_defaults(options), **options}
+    for key in ("dataset", "data_dir", "init_from"):  # paths as absolute ones: a run is used from anywhere
+        if isinstance(options.get(key), str):
+            options[key] = stored_location(options[key])
     model_config = models.model_class(options.get("model", "vae")).Config
     classes = (DataConfig, model_config, TrainConfig)
     known = {f.name: cls for cls in classes for f in dataclasses.fields(cls) if "help" in f.metadata or f.name == "model"}
@@ -99,6 +102,8 @@ def evaluation_data(run: str | Path, dataset: str | None = None, data: str | Non
     if dataset is not None or data is not None:
         data_cfg = dataclasses.replace(data_cfg, dataset=dataset or data, data_dir=data_dir or data_cfg.data_dir)
     source = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0))  # evaluation sees every known label
+    if dataset is None and data is None:  # its own split: the data must still be what it was trained on
+        fingerprint.check(Path(run), source)
     if source.image_shape != tuple(model_cfg.image_shape):
         raise VaekitError(
             f"the model takes images of shape {tuple(model_cfg.image_shape)} but {data_cfg.dataset} has {source.image_shape}"

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
+from . import fingerprint
 from . import models
 from .allocator import keep_freed_memory
 from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs
@@ -467,6 +468,8 @@ def fit(
 def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress, pictures, board=None) -> Path:
     resuming = resume and (out / ckpt.LAST).is_file()
     t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not resuming)
+    if resume:  # the data must still be what the run was trained on (and split the same way)
+        fingerprint.check(out, t.dataset)
     t.board = board
     state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()})
     if resuming:
@@ -488,6 +491,7 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
             ckpt.prepare_run_folder(out, overwrite)
     if group.is_main:
         ckpt.save_config(out, t.data_cfg, t.model_cfg, t.cfg)
+        fingerprint.record(out, t.dataset)
         if t.plan.labelled is not None:  # exactly which training images were labelled
             ckpt.save_labelled(out, t.dataset.train.index[t.plan.labelled], t.dataset.train.y[t.plan.labelled])
     group.barrier()
