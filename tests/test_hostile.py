@@ -277,3 +277,238 @@ def test_explorer_hostile_json_is_a_400(explorer, capfd, body):
     assert status == 400 and "\n" not in answer["error"], answer
     assert "Traceback" not in capfd.readouterr().err
     assert request(explorer, "GET", "/api/info")[0] == 200
+
+
+# ---- results that were silently wrong
+
+
+def digits_npz(path: Path, n: int = 300, extra: int = 0) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images[: n + extra] * 255 / 16).round().astype(np.uint8)
+    np.savez(path, x=x, y=digits.target[: n + extra].astype(np.int64))
+    return path
+
+
+@pytest.fixture(scope="module")
+def npz_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("npz")
+    digits_npz(folder / "d.npz")
+    return vaekit.train(folder / "run", **{**TINY, "dataset": str(folder / "d.npz")}, epochs=1)
+
+
+def test_a_changed_data_file_is_refused_not_silently_resplit(npz_run, tmp_path, capsys, monkeypatch):
+    """Appending one image reshuffled the seeded split: evaluate reported numbers on training images."""
+    data = Path(json.loads((npz_run / "config.json").read_text())["data"]["dataset"])
+    assert json.loads((npz_run / "split.json").read_text())["sizes"] == {"train": 228, "val": 12, "test": 60}
+    original = data.read_bytes()
+    run = Path(shutil.copytree(npz_run, tmp_path / "run"))
+    try:
+        digits_npz(data, extra=1)
+        pattern = r"the data of .* changed since it was trained: .* so its test split would hold training images"
+        for argv in (["evaluate", run, "--iw-samples", "2"], ["reconstruct", run, "--out", tmp_path / "r.png"],
+                     ["m1", run], ["predict", run], ["report", run], ["train", "--resume", run]):
+            code, err = cli(capsys, *argv)
+            one_line(code, err, pattern)
+        from vaekit.explore import load_explorer
+
+        with pytest.raises(VaekitError, match="changed since it was trained"):
+            load_explorer(run)
+        assert main(["evaluate", str(run), "--data", str(data), "--iw-samples", "2", "--json"]) == 0  # a whole file
+    finally:
+        data.write_bytes(original)
+    assert main(["evaluate", str(run), "--iw-samples", "2", "--json"]) == 0
+
+
+def test_runs_without_a_fingerprint_still_load(tmp_path, capsys):
+    legacy = Path(shutil.copytree(Path(__file__).parent / "data" / "legacy-0.1" / "vae", tmp_path / "vae"))
+    assert not (legacy / "split.json").exists()
+    assert main(["evaluate", str(legacy), "--iw-samples", "2", "--limit", "10", "--json"]) == 0
+
+
+def test_a_relative_dataset_path_is_stored_absolute(tmp_path, monkeypatch, capsys):
+    """`--dataset d.npz` was stored as given: evaluate from another folder read another file, or none."""
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    digits_npz(tmp_path / "here" / "d.npz")
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["train", "--dataset", "d.npz", "--width", "8", "--hidden", "32", "--latent-dim", "4",
+                 "--epochs", "1", "--out", "run"]) == 0
+    stored = json.loads((tmp_path / "here" / "run" / "config.json").read_text())["data"]["dataset"]
+    assert stored == str(tmp_path / "here" / "d.npz")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    digits_npz(tmp_path / "elsewhere" / "d.npz", extra=7)  # another file of the same name here
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "here" / "run"), "--iw-samples", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == 60
+
+
+def test_16_bit_images_keep_their_grey_levels(tmp_path):
+    """16-bit PNGs were clipped to 8 bits: 99.7 % of the pixels became white."""
+    from PIL import Image
+
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 65536, (20, 8, 8)).astype(np.uint16)
+    for i, image in enumerate(levels):
+        Image.fromarray(image).save(tmp_path / f"{i:02d}.png")
+    data = load_dataset(DataConfig(dataset=str(tmp_path), val_fraction=0.1, test_fraction=0.1))
+    parts = (data.train, data.val, data.test)
+    x = torch.cat([p.x for p in parts]).float() / data.train.max_value
+    expected = np.concatenate([levels[p.index.numpy()] for p in parts]) / 65535
+    assert np.abs(x[:, 0].numpy() - expected).max() <= 1 / 255
+    assert float((x == 1).float().mean()) < 0.01
+
+
+def test_the_judge_of_one_dataset_is_not_reused_for_another(cvae, copy_of, tmp_path, capsys):
+    """A judge cached for one data set was reused for another (its classes and images differ)."""
+    run = copy_of(cvae)
+    other = tmp_path / "other.npz"
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images * 255 / 16).round().astype(np.uint8)
+    np.savez(other, x=255 - x, y=(9 - digits.target).astype(np.int64))  # inverted images, relabelled classes
+    said = []
+    for dataset in (None, str(other), None):
+        vaekit.evaluate(run, data=dataset, iw_samples=2, limit=10, samples_per_class=5, log=said.append)
+        judge = json.loads((run / "classifier.json").read_text())
+        assert judge["data"] == load_fingerprint(dataset or json.loads((run / "config.json").read_text())["data"]["dataset"])
+    assert len([s for s in said if "training the judge" in s]) == 3
+
+
+def load_fingerprint(dataset: str) -> str:
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+
+    return load_dataset(DataConfig(dataset=dataset)).fingerprint
+
+
+# ---- run files of the wrong shape or type
+
+
+def _edit_json(path: Path, change) -> None:
+    path.write_text(change(path.read_text()))
+
+
+def _deep(n: int = 100_000) -> str:
+    return "[" * n + "]" * n
+
+
+@pytest.mark.parametrize("name, change, argv, pattern", [
+    ("metrics.jsonl", lambda t: t + "[1, 2, 3]\n", ["report", "{run}"], r"metrics.jsonl is damaged \(line 2 is a list"),
+    ("metrics.jsonl", lambda t: t.replace('"epoch": 1', '"epoch": "1"'), ["train", "--resume", "{run}"],
+     r"metrics.jsonl is damaged \(line 1 lacks a whole-number epoch"),
+    ("metrics.jsonl", lambda t: t.replace('"lr": ', '"lr": {"a": 1}, "x": '), ["report", "{run}"], r"lr is not a number"),
+    ("evaluation.json", lambda t: '{"test": {"neg_elbo": "low"}}', ["report", "{run}"], r"evaluation.json is damaged"),
+    ("evaluation.json", lambda t: '{"test": {"neg_elbo": NaN, "recon": 1, "kl": 1, "nll": 1, "n_images": 1, '
+     '"iw_samples": 1}}', ["report", "{run}"], r"evaluation.json is damaged"),
+    ("evaluation.json", lambda t: _deep(), ["report", "{run}"], r"evaluation.json is damaged \(nested too deeply\)"),
+    ("evaluation.json", lambda t: '[1]', ["report", "{run}"], r"evaluation.json is damaged"),
+    ("config.json", lambda t: _deep(), ["evaluate", "{run}"], r"config.json is not a valid vaekit config: nested"),
+    ("config.json", lambda t: '{"vaekit_version": "0.2.0", "data": ' + _deep(5000) + "}", ["sample", "{run}", "--out",
+     "{run}/../s.png"], r"not a valid vaekit config"),
+])
+def test_run_files_of_the_wrong_shape(run, copy_of, capsys, name, change, argv, pattern):
+    mine = copy_of(run)
+    if name == "evaluation.json":
+        (mine / name).write_text("{}")
+    _edit_json(mine / name, change)
+    code, err = cli(capsys, *[a.format(run=mine) for a in argv])
+    one_line(code, err, pattern)
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("epoch", "1", r"train_state epoch is not a whole number"),
+    ("batch", [0], r"train_state batch is not a whole number"),
+    ("step", -3, r"train_state step is not a whole number"),
+    ("best_val", "low", r"train_state best_val is not a number"),
+    ("world", 0, r"train_state world is not a whole number"),
+    ("bound", "neg_best", r"train_state bound is not neg_elbo or neg_iwae"),
+    ("param_groups", {"lr": 1}, r"param_groups is not a list"),
+])
+def test_train_state_fields_of_the_wrong_type(tmp_path, capsys, field, value, pattern):
+    run = vaekit.train(tmp_path / "r", epochs=2, **TINY)
+    path = run / "last.safetensors"
+    tensors = load_file(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        state = json.loads(f.metadata()["train_state"])
+    state[field], state["epoch"] = value, 1 if field != "epoch" else value
+    save_file(tensors, path, metadata={"train_state": json.dumps(state)})
+    before = snapshot(run)
+    code, err = cli(capsys, "train", "--resume", run, "--epochs", "3")
+    one_line(code, err, pattern)
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda t: {**t, "features": t["features"].clone().fill_(float("nan"))}, r"features hold NaN"),
+    (lambda t: {**t, "features": t["features"][:, :2].contiguous()}, r"holds codes of 2 numbers but the model's have 4"),
+    (lambda t: {**t, "labels": t["labels"][:-1].contiguous()}, r"wrong shapes or types"),
+    (lambda t: {"features": t["features"]}, r"wrong shapes or types"),
+    (lambda t: {**t, "labels": t["labels"].double()}, r"wrong shapes or types"),
+])
+def test_m1_features_of_the_wrong_shape(run, copy_of, capsys, change, pattern):
+    mine = copy_of(run)
+    assert main(["m1", str(mine), "--labels-per-class", "5"]) == 0
+    save_file(change(load_file(mine / "m1.safetensors")), mine / "m1.safetensors")
+    for argv in (["predict", mine], ["evaluate", mine, "--iw-samples", "2", "--limit", "20"]):
+        code, err = cli(capsys, *argv)
+        one_line(code, err, pattern)
+
+
+def test_m1_recipe_and_judge_report_of_the_wrong_type(run, cvae, copy_of, capsys):
+    mine = copy_of(run)
+    assert main(["m1", str(mine), "--labels-per-class", "5"]) == 0
+    (mine / "m1.json").write_text('["spreading"]')
+    one_line(*cli(capsys, "predict", mine), r"m1.json is damaged")
+    judged = copy_of(cvae)
+    vaekit.evaluate(judged, iw_samples=2, limit=10, samples_per_class=5)
+    for text in ('{"image_shape": [1, 8, 8], "num_classes": "ten", "test_accuracy": 0.9}', _deep(),
+                 '{"image_shape": [1, 8, 1e9], "num_classes": 10, "test_accuracy": 0.9}'):
+        (judged / "classifier.json").write_text(text)
+        code, err = cli(capsys, "evaluate", judged, "--iw-samples", "2", "--limit", "10", "--samples-per-class", "5")
+        one_line(code, err, r"classifier.json is damaged .*: delete it and classifier.safetensors to retrain the judge")
+
+
+# ---- models and maps on degenerate data
+
+
+@pytest.fixture(scope="module")
+def m2(tmp_path_factory) -> Path:
+    return vaekit.train(tmp_path_factory.mktemp("hostile") / "m2", model="m2", labels_per_class=5, epochs=1, **TINY)
+
+
+def test_m2_on_batches_without_labelled_or_unlabelled_images(m2):
+    model = vaekit.load(m2).train()
+    x = torch.rand(6, 1, 8, 8).round()
+    for y in (torch.full((6,), -1), torch.arange(6), None):
+        terms = model(x, y)
+        terms["loss"].backward()
+        assert torch.isfinite(terms["loss"])
+
+
+def test_m2_evaluated_on_data_without_labels(m2, tmp_path):
+    np.savez(tmp_path / "nolabel.npz", x=np.random.default_rng(0).integers(0, 256, (30, 8, 8)).astype(np.uint8))
+    said = []
+    result = vaekit.evaluate(m2, data=str(tmp_path / "nolabel.npz"), iw_samples=2, samples_per_class=5, log=said.append)
+    assert np.isfinite(result["nll"]) and "conditional_accuracy" not in result
+    assert any("no labels" in s for s in said)
+
+
+@pytest.mark.parametrize("n, d", [(2, 4), (3, 4), (5, 1), (2, 1), (40, 1)])
+def test_tsne_on_few_points_or_a_1d_latent(n, d):
+    from vaekit.latent_map import latent_map
+
+    plane = latent_map(np.random.default_rng(0).normal(size=(n, d)), "tsne")
+    assert plane.points.shape == (n, 2) and np.isfinite(plane.points).all()
+
+
+def test_report_tsne_of_a_1d_latent(tmp_path):
+    run = vaekit.train(tmp_path / "r", epochs=1, **{**TINY, "latent_dim": 1})
+    assert main(["report", str(run), "--map", "tsne"]) == 0
