@@ -195,7 +195,7 @@ def finite_numbers(values: list, name: str) -> list[float]:
 def parse_request(raw: bytes) -> dict:
     """The JSON object of a request body; anything else (not JSON, NaN, nested too deeply) is a RequestError."""
     def constant(name: str) -> float:
-        raise RequestError(f"the request holds {name}, which is not a JSON number")
+        raise RequestError(f"the request holds {name}: numbers must be finite")
 
     try:
         body = json.loads(raw, parse_constant=constant)
