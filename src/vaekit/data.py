@@ -116,6 +116,9 @@ def stored_location(name: str) -> str:
     (a relative one would name another file, or none, when the run is used from another folder)."""
     if name in NAMED_DATASETS or not name.strip() or "\0" in name:
         return name
+    looks_like_path = name.endswith(".npz") or "/" in name or os.sep in name or name.startswith("~")
+    if not looks_like_path and not os.path.exists(name):  # an unknown name: load_dataset says so as it is
+        return name
     return os.path.abspath(os.path.expanduser(name))
 
 
