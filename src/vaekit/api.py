@@ -17,11 +17,12 @@ import torch
 
 from . import distributed, models
 from .config import DataConfig, ModelConfig, TrainConfig, flag
-from .data import Split, load_dataset, test_targets
+from .data import Split, load_dataset, stored_location, test_targets
 from .devices import resolve_device
 from .errors import VaekitError
 from .evaluate import evaluate as evaluate_model
 from .latent_classifier import label_error
+from .options import EvaluateCall, RunCall, TrainCall
 from .recipes import RESUME_CHANGES, read_recipe, stage_status
 from .runs import evaluation_data, load_model, read_config
 from .train import fit
@@ -44,6 +45,9 @@ def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     three configs, over the model's defaults for the dataset (dataset_defaults); each config checks its
     values (types, choices, ranges) as it is built."""
     options = {**dataset_defaults(options), **options}
+    for key in ("dataset", "data_dir", "init_from"):  # paths as absolute ones: a run is used from anywhere
+        if isinstance(options.get(key), str):
+            options[key] = stored_location(options[key])
     model_config = models.model_class(options.get("model", "vae")).Config
     classes = (DataConfig, model_config, TrainConfig)
     known = {f.name: cls for cls in classes for f in dataclasses.fields(cls) if "help" in f.metadata or f.name == "model"}
@@ -71,6 +75,7 @@ def train(
     With resume=True the run continues with the settings in its config.json; only `epochs` (to train
     longer) and `device` (to move it, e.g. a GPU run onto a CPU) may be given. tensorboard: a folder to
     log the numbers and samples of each epoch to (needs the tensorboard package)."""
+    TrainCall(out, overwrite, resume, progress, tensorboard)  # types: overwrite="no" is not True
     if resume:
         changed = sorted(set(options) - RESUME_CHANGES)
         if changed:
@@ -115,6 +120,7 @@ def train_recipe(
 
 def load(run: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The best model of a run folder, in eval mode."""
+    RunCall(run, device)
     return load_model(Path(run), resolve_device(device))
 
 
@@ -138,6 +144,7 @@ def evaluate(
                         ("--limit", limit), ("--max-batch", max_batch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise VaekitError(f"{name} must be a whole number of at least 1, got {value!r}")
+    EvaluateCall(run, dataset, data, data_dir, iw_samples, device, max_batch, samples_per_class, limit, log, progress)
     dev = resolve_device(device)
     model = load_model(Path(run), dev)
     split, data_cfg, mode = evaluation_data(run, dataset, data, data_dir)

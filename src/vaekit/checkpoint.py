@@ -28,8 +28,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from . import run_files
 from .config import DataConfig, ModelConfig, TrainConfig, to_dict
 from .errors import VaekitError
+from .outputs import check_replaceable
 from .version import __version__
 
 CONFIG, BEST, LAST, METRICS = "config.json", "model.safetensors", "last.safetensors", "metrics.jsonl"
@@ -82,7 +84,7 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
-    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError, AttributeError, RecursionError) as e:
         raise VaekitError(f"{path} is not a valid safetensors file (truncated or tampered?): {e}") from None
     return tensors, metadata
 
@@ -111,6 +113,7 @@ def prepare_run_folder(out: Path, overwrite: bool) -> None:
             raise VaekitError(f"{out} holds files that are not a vaekit run: choose another --out")
         if not overwrite:
             raise VaekitError(f"{out} already holds a vaekit run: pass --overwrite to replace it, or --resume {out} to continue it")
+        check_replaceable(out)  # nothing but the run's own files: never another run nested in it
         aside = out / REPLACED
         aside.mkdir()
         for entry in _entries(out):
@@ -225,6 +228,8 @@ def read_config_doc(folder: Path) -> dict[str, Any]:
         major = str(doc.get("vaekit_version", "?")).split(".")[0]
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise VaekitError(f"{folder / CONFIG} is not a valid vaekit config: {e}") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise VaekitError(f"{folder / CONFIG} is not a valid vaekit config: nested too deeply") from None
     if major != __version__.split(".")[0]:
         raise VaekitError(
             f"{folder} was written by vaekit {doc.get('vaekit_version')}, this is {__version__}: retrain or use that version"
@@ -261,25 +266,13 @@ def append_metrics(folder: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    path = Path(folder) / METRICS
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a crash: everything after it is lost work, not data
-    return records
+    """metrics.jsonl's records, checked (run_files.read_metrics); a line cut by a crash ends them."""
+    return run_files.read_metrics(Path(folder) / METRICS)
 
 
 def read_evaluations(folder: Path) -> dict[str, dict[str, Any]]:
-    """evaluation.json: {dataset: the evaluate() result}; {} when missing or unreadable."""
-    try:
-        doc = json.loads((Path(folder) / EVALUATION).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in doc.items() if isinstance(v, dict)} if isinstance(doc, dict) else {}
+    """evaluation.json: {dataset: the evaluate() result}, checked; {} when missing."""
+    return run_files.read_evaluations(Path(folder) / EVALUATION)
 
 
 def save_evaluation(folder: Path, result: dict[str, Any], key: str | None = None) -> None:
@@ -321,8 +314,8 @@ def saved_step(folder: Path) -> int | None:
     """The optimisation step the resume point in `folder` was written at (None if unreadable)."""
     try:
         _, metadata = load_tensors(Path(folder) / LAST)
-        return int(json.loads(metadata["train_state"])["step"])
-    except (VaekitError, KeyError, ValueError, TypeError):
+        return run_files.read_train_state(metadata, Path(folder) / LAST)["step"]
+    except VaekitError:
         return None
 
 
@@ -332,11 +325,8 @@ def load_resume_point(
     """Restore model and optimizer from last.safetensors; returns (best weights, extra tensors, state)."""
     path = Path(folder) / LAST
     tensors, metadata = load_tensors(path)
-    try:
-        state = json.loads(metadata["train_state"])
-        param_groups = state.pop("param_groups")
-    except (KeyError, json.JSONDecodeError):
-        raise VaekitError(f"{path} holds no training state: it cannot be resumed") from None
+    state = run_files.read_train_state(metadata, path)
+    param_groups = state.pop("param_groups")
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

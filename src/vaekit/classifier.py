@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import run_files
 from .data import ImageDataset, batches
 from .errors import VaekitError
 
@@ -135,13 +136,11 @@ def cached_classifier(
     (`log`, if given, is told before training starts: it takes minutes on Fashion-MNIST)."""
     run = Path(run)
     if (run / WEIGHTS).is_file() and (run / REPORT).is_file():
-        try:
-            report = json.loads((run / REPORT).read_text())
-            classifier = Classifier(tuple(report["image_shape"]), report["num_classes"])
-            test_acc = float(report["test_accuracy"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-            raise VaekitError(f"{run / REPORT} is damaged ({e}): delete it and {WEIGHTS} to retrain the judge") from None
-        if report.get("judge") == JUDGE:  # a judge of an older recipe is retrained below
+        report = read_judge_report(run / REPORT)
+        classifier = Classifier(tuple(report["image_shape"]), report["num_classes"])
+        test_acc = float(report["test_accuracy"])
+        # A judge of an older recipe, or trained on other data (evaluate --dataset), is retrained below.
+        if report.get("judge") == JUDGE and report.get("data") == dataset.fingerprint:
             tensors, _ = ckpt.load_tensors(run / WEIGHTS)
             ckpt.load_state_dict_into(classifier, tensors, run / WEIGHTS)
             return classifier.to(device).eval(), test_acc
@@ -150,9 +149,19 @@ def cached_classifier(
     classifier, test_acc = train_classifier(dataset, device)
     ckpt.save_tensors(run / WEIGHTS, classifier.state_dict())
     report = {"judge": JUDGE, "image_shape": list(dataset.image_shape), "num_classes": dataset.num_classes,
-              "test_accuracy": test_acc}
+              "test_accuracy": test_acc, "data": dataset.fingerprint}
     ckpt.atomic_write(run / REPORT, (json.dumps(report, indent=2) + "\n").encode())
     return classifier, test_acc
+
+
+def read_judge_report(path: Path) -> dict:
+    """classifier.json, checked: the judge's recipe, image shape, classes, test accuracy (and data fingerprint)."""
+    return run_files.read_object(path, {
+        "image_shape": lambda v: isinstance(v, list) and len(v) == 3 and all(run_files.is_count(d, 1) and d <= 4096
+                                                                             for d in v),
+        "num_classes": lambda v: run_files.is_count(v, 2) and v <= 65536,
+        "test_accuracy": lambda v: run_files.is_number(v) and 0 <= v <= 1,
+    }, f"delete it and {WEIGHTS} to retrain the judge")
 
 
 def judge_conditional_samples(model, context) -> dict:
@@ -160,7 +169,13 @@ def judge_conditional_samples(model, context) -> dict:
     fraction of each class's samples it recognises as that class (context: models.EvalContext)."""
     if context.run is None:
         raise VaekitError("judging conditional samples needs the run folder, to cache the judge in")
-    classifier, test_accuracy = cached_classifier(context.run, context.dataset(), context.device, log=context.log)
+    dataset = context.dataset()
+    if dataset.train.y is None or dataset.num_classes != model.num_classes:  # nothing to train the judge on
+        if context.log is not None:
+            context.log(f"'{dataset.name}' has no labels of the model's {model.num_classes} classes to train the judge "
+                        "of conditional samples on: conditional_accuracy is left out")
+        return {}
+    classifier, test_accuracy = cached_classifier(context.run, dataset, context.device, log=context.log)
     with torch.random.fork_rng(devices=[context.device] if context.device.type == "cuda" else []):
         torch.manual_seed(0)
         per_class = conditional_accuracy_per_class(model, classifier, context.samples_per_class)
@@ -175,9 +190,10 @@ def conditional_accuracy_per_class(
     """For each class c, the fraction of samples E[x|z,c], z ~ p(z|c), that the classifier labels c."""
     k = model.num_classes
     device = next(model.parameters()).device
-    labels = torch.arange(k, device=device).repeat_interleave(samples_per_class)
-    correct = torch.zeros(k, dtype=torch.long, device=labels.device)
-    for c in labels.split(batch_size):
+    correct = torch.zeros(k, dtype=torch.long, device=device)
+    total = k * samples_per_class  # class c's samples are numbers c*spc .. (c+1)*spc - 1, in batches
+    for start in range(0, total, batch_size):
+        c = torch.arange(start, min(start + batch_size, total), device=device) // samples_per_class
         hit = predict(classifier, model.sample(len(c), labels=c)) == c
         correct += torch.bincount(c[hit], minlength=k)
     return (correct.double() / samples_per_class).tolist()

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .errors import Terminated, VaekitError
+from .options import PictureCall
+from .outputs import check_output
 
 
 class Parser(argparse.ArgumentParser):
@@ -258,8 +260,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .api import load
     from .plots import image_grid, sample_grid, save_image
 
+    check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
+    PictureCall(args.n, args.seed)
     model = load(args.run)
     if args.label is not None and not model.num_classes:
         from .models import conditional_models
@@ -287,8 +291,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .api import load
     from .plots import reconstruction_grid, save_image
 
+    check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
+    PictureCall(args.n)
     model, targets = load(args.run), _test_images(args.run)
     print(save_image(args.out, reconstruction_grid(model, targets.x, targets.y, n=args.n)))
     return 0
@@ -298,8 +304,10 @@ def cmd_analogy(args: argparse.Namespace) -> int:
     from .api import load
     from .plots import analogy_grid, save_image
 
+    check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
+    PictureCall(args.n)
     model = load(args.run)
     if not model.num_classes:
         from .models import conditional_models
@@ -323,6 +331,8 @@ def cmd_m1(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .latent_classifier import predict_csv
 
+    if args.out:
+        check_output(args.out)
     text = predict_csv(Path(args.run), data=args.data)
     if args.out:
         from .checkpoint import atomic_write

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,8 +26,8 @@ def _opt(
 ) -> Any:
     """A documented field: its help, its choices, and the range [low, high] (open ends with *_open)."""
     if low is not None or high is not None:
-        left = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        right = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        left = "" if low is None else f"{'>' if low_open else '>='} {_num(low)}"
+        right = "" if high is None else f"{'<' if high_open else '<='} {_num(high)}"
         help = f"{help}; {' and '.join(s for s in (left, right) if s)}"
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
                                             "low_open": low_open, "high_open": high_open})
@@ -45,11 +46,19 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_fits, value, args))
     if hint is type(None):
         return value is None
+    if hint is Any:
+        return True
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, hint)
+
+
+fits = _fits  # public: the same test for the arguments of commands and API calls (options.py)
+
+MAX_SEED = 2**32 - 1  # every consumer takes it: numpy, torch's generators (after x 1_000_003 + salts), scikit-learn
+MAX_SIDE = 4096  # the largest image height, width (and channel count) a config may hold
 
 
 def _type_name(hint: Any) -> str:
@@ -64,19 +73,48 @@ def check(cfg: Any) -> None:
         value, meta = getattr(cfg, f.name), f.metadata
         name = f"{f.name} ({flag(f.name)})" if "help" in meta else f.name
         if not _fits(value, hints[f.name]):
-            raise VaekitError(f"{name} = {value!r} is not a valid value (expected {_type_name(hints[f.name])})")
+            raise VaekitError(f"{name} = {_short(value)} is not a valid value (expected {_type_name(hints[f.name])})")
+        if meta.get("path") and isinstance(value, (str, os.PathLike)):
+            text = os.fspath(value)
+            if not str(text).strip() or "\0" in str(text):
+                raise VaekitError(f"{name} = {_short(value)} is not a usable path (empty, or holding a NUL character)")
         choices = meta.get("choices")
         if choices and value not in choices:
             raise VaekitError(f"{name} = {value!r} is not a valid value (expected one of {', '.join(map(str, choices))})")
+        if isinstance(value, tuple) and ("low" in meta or "high" in meta):  # a range for each entry
+            for i, entry in enumerate(value):
+                _check_range(f"{name}[{i}]", entry, meta)
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if not math.isfinite(value):
-            raise VaekitError(f"{name} must be a finite number, got {value}")
-        low, high = meta.get("low"), meta.get("high")
-        if low is not None and (value <= low if meta.get("low_open") else value < low):
-            raise VaekitError(f"{name} must be {'>' if meta.get('low_open') else '>='} {low:g}, got {value:g}")
-        if high is not None and (value >= high if meta.get("high_open") else value > high):
-            raise VaekitError(f"{name} must be {'<' if meta.get('high_open') else '<='} {high:g}, got {value:g}")
+        _check_range(name, value, meta)
+
+
+def _short(value: Any) -> str:
+    """repr() of a value, cut to one short line (a user may pass anything)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_range(name: str, value: Any, meta: Any) -> None:
+    """A number's finiteness and its field's range [low, high] (open ends with *_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, int) and abs(value) > 2**1000:  # beyond any range, and math.isfinite() overflows
+        raise VaekitError(f"{name} = {_short(value)} is out of range")
+    if not math.isfinite(value):
+        raise VaekitError(f"{name} must be a finite number, got {value}")
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and (value <= low if meta.get("low_open") else value < low):
+        raise VaekitError(f"{name} must be {'>' if meta.get('low_open') else '>='} {_num(low)}, got {_num(value)}")
+    if high is not None and (value >= high if meta.get("high_open") else value > high):
+        raise VaekitError(f"{name} must be {'<' if meta.get('high_open') else '<='} {_num(high)}, got {_num(value)}")
+
+
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 class Checked:
@@ -102,7 +140,8 @@ class DataConfig(Checked):
                                high_open=True)
     test_fraction: float = _opt(0.2, "fraction held out for testing, for sources without a test split", low=0,
                                 high=1, high_open=True)
-    split_seed: int = _opt(0, "seed of the train/validation/test split and the fixed test binarization", low=0)
+    split_seed: int = _opt(0, "seed of the train/validation/test split and the fixed test binarization", low=0,
+                           high=MAX_SEED)
     labels_per_class: int = _opt(
         0, "keep the labels of only this many training images per class (a balanced, seeded subset; the "
         "others become unknown, -1); 0 keeps every known label", low=0)
@@ -130,8 +169,8 @@ class ModelConfig(Checked):
     )
     sigma: float = _opt(0.1, "standard deviation of the Gaussian likelihood", low=0, low_open=True)
     # Filled in from the data, not from flags.
-    image_shape: tuple[int, int, int] = (1, 8, 8)
-    num_classes: int = 0
+    image_shape: tuple[int, int, int] = field(default=(1, 8, 8), metadata={"low": 1, "high": MAX_SIDE})
+    num_classes: int = field(default=0, metadata={"low": 0, "high": 65536})
 
 
 @dataclass(frozen=True)
@@ -158,14 +197,14 @@ class TrainConfig(Checked):
                          low=0)
     ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off", low=0,
                       high=1, high_open=True)
-    seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling", low=0, high=2**63 - 1)
+    seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling", low=0, high=MAX_SEED)
     device: str = _opt("auto", "auto | cpu | cuda | mps", ("auto", "cpu", "cuda", "mps"))
     compile: bool = _opt(False, "torch.compile the training step (CUDA: with CUDA graphs)")
     precision: str = _opt("fp32", "bf16: bfloat16 autocast for the networks (CUDA; CPUs with bf16 units)", ("fp32", "bf16"))
     checkpoint_every: float = _opt(5.0, "minutes between checkpoints within an epoch (one is always written per epoch)",
                                    low=0)
     dist_timeout: float = _opt(300.0, "seconds a process waits for the others (torchrun) before giving up", low=0,
-                               low_open=True)
+                               low_open=True, high=10**7)
     detect_anomaly: bool = _opt(False, "torch.autograd anomaly detection, to find the operation that made a NaN (slow)")
 
 

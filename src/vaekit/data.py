@@ -25,6 +25,7 @@ import torch
 from .config import DataConfig
 from .distributed import padded_order
 from .errors import VaekitError
+from .fingerprint import split_fingerprint
 
 NAMED_DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist")
 IDX_NAMED = NAMED_DATASETS[1:]
@@ -70,6 +71,7 @@ class ImageDataset:
     test: Split
     num_classes: int  # 0 when there are no labels, or only unknown (-1) ones
     image_shape: tuple[int, int, int]  # (C, H, W)
+    fingerprint: str = ""  # sha256 of the images, labels and split (fingerprint.py)
 
     @property
     def is_binary(self) -> bool:
@@ -107,6 +109,17 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     raise VaekitError(
         f"unknown dataset '{name}': use one of {', '.join(NAMED_DATASETS)}, a .npz file or an image folder"
     )
+
+
+def stored_location(name: str) -> str:
+    """A dataset as a run's config.json keeps it: a named one as it is, a file or folder as an absolute path
+    (a relative one would name another file, or none, when the run is used from another folder)."""
+    if name in NAMED_DATASETS or not name.strip() or "\0" in name:
+        return name
+    looks_like_path = name.endswith(".npz") or "/" in name or os.sep in name or name.startswith("~")
+    if not looks_like_path and not os.path.exists(name):  # an unknown name: load_dataset says so as it is
+        return name
+    return os.path.abspath(os.path.expanduser(name))
 
 
 def binarize_static(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -309,7 +322,8 @@ def _split_dataset(
             f"dataset '{name}' has {len(x)} images: too few for val_fraction={cfg.val_fraction}, "
             f"test_fraction={cfg.test_fraction} (the {' and '.join(empty)} split would be empty)"
         )
-    return ImageDataset(name, splits["train"], splits["val"], splits["test"], num_classes or 0, tuple(x.shape[1:]))
+    return ImageDataset(name, splits["train"], splits["val"], splits["test"], num_classes or 0, tuple(x.shape[1:]),
+                        split_fingerprint(x, y, parts, test))
 
 
 def _num_classes(name: str, y: np.ndarray) -> int:
@@ -534,7 +548,7 @@ def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
     for f, _ in files:
         try:
             with open(f, "rb") as stream, Image.open(stream) as im:
-                rgb = np.asarray(im.convert("RGB"))  # (H, W, 3)
+                rgb = _rgb8(im, f)  # (H, W, 3)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             if isinstance(e, OSError) and e.errno is not None:
                 raise _cannot_read(f, e) from None
@@ -548,6 +562,20 @@ def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
     x = np.ascontiguousarray(x[:, :1] if gray else x)
     y = np.array([label for _, label in files], np.int64) if subfolders else None
     return x, y, len(classes)
+
+
+def _rgb8(im, path: Path) -> np.ndarray:
+    """An image as (H, W, 3) uint8. 16-bit grey levels (mode I;16, or I from a 16-bit PNG) are scaled to
+    8 bits (v / 257, rounded): Pillow's convert("RGB") clips them at 255, which turned nearly every pixel white."""
+    if im.mode.startswith("I"):
+        levels = np.asarray(im).astype(np.int64)
+        if levels.size and (levels.min() < 0 or levels.max() > 65535):
+            raise VaekitError(f"{path}: {im.mode} pixels must lie in 0..65535 (16-bit), found {levels.min()}..{levels.max()}")
+        gray = np.rint(levels / 257).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise VaekitError(f"{path}: floating-point pixels (mode F) are not read: save 8- or 16-bit images")
+    return np.asarray(im.convert("RGB"))
 
 
 def _listdir(folder: Path) -> list[Path]:

@@ -59,8 +59,27 @@ class Group:
             dist.barrier()
 
 
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets besides WORLD_SIZE
+
+
+def _env_int(name: str, default: str | None, low: int, high: int) -> int:
+    """An environment variable that must hold a whole number in low..high: one line if it does not."""
+    text = os.environ.get(name, default)
+    if text is None:
+        raise VaekitError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} is set but {name} is not: run under torchrun "
+                          "(which sets both), or unset WORLD_SIZE to train in one process")
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise VaekitError(f"the environment variable {name}={text[:40]!r} must be a whole number in {low}..{high}"
+                          f"{' (unset it outside torchrun)' if name == 'WORLD_SIZE' else ''}")
+    return value
+
+
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return _env_int("WORLD_SIZE", "1", 1, 65536) > 1
 
 
 def is_main_process() -> bool:
@@ -72,8 +91,12 @@ def setup(device: torch.device, timeout_s: float) -> Group:
     """Join the torchrun process group if there is one; returns this process's place in it."""
     if not launched_by_torchrun():
         return Group(device=device)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = _env_int("WORLD_SIZE", "1", 1, 65536)
+    rank, local_rank = _env_int("RANK", None, 0, world - 1), _env_int("LOCAL_RANK", "0", 0, world - 1)
+    for name in TORCHRUN_VARIABLES[2:]:
+        if not os.environ.get(name):
+            raise VaekitError(f"WORLD_SIZE={world} is set but {name} is not: run under torchrun (which sets both), "
+                              "or unset WORLD_SIZE to train in one process")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

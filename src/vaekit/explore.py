@@ -16,11 +16,17 @@ traversal(z) nearest z: where each slider stands)}. Every request is checked; a 
 of the wrong length or not finite, a class the model lacks) gets HTTP 400 and {"error": "..."}, which
 the page shows, and the server goes on serving. The model is used only through its contract
 (models/base.py), under a lock, in eval mode.
+
+A hostile client or web page gets no more: requests whose Host is not the server's own address or a
+loopback name (DNS rebinding) get 403; a connection silent for SOCKET_TIMEOUT seconds (a Content-Length
+larger than the body) is closed, at most MAX_CONNECTIONS are served at once, bodies are bounded by
+MAX_BODY, and NaN, numbers too large for a float and JSON nested too deeply are 400s like any bad request.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import math
 import sys
@@ -46,6 +52,8 @@ from .report import data_uri
 
 MAP_IMAGES, GALLERY, STEPS = 2000, 48, 9
 MAX_BODY, MAX_ABS = 1 << 20, 1e4  # bytes of a request; the largest |z_d| or map coordinate accepted
+SOCKET_TIMEOUT, MAX_CONNECTIONS = 30.0, 64  # seconds a connection may stay silent; connections served at once
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # Host values always served (as Jupyter does)
 
 
 class RequestError(Exception):
@@ -180,9 +188,26 @@ class Explorer:
 def finite_numbers(values: list, name: str) -> list[float]:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise RequestError(f"{name} must hold numbers only")
-    if not all(math.isfinite(v) and abs(v) <= MAX_ABS for v in values):
+    # abs() first: an int too large for a float (10**400) makes math.isfinite() overflow
+    if not all(abs(v) <= MAX_ABS and math.isfinite(v) for v in values):
         raise RequestError(f"{name} must hold finite numbers of size at most {MAX_ABS:g}")
     return [float(v) for v in values]
+
+
+def parse_request(raw: bytes) -> dict:
+    """The JSON object of a request body; anything else (not JSON, NaN, nested too deeply) is a RequestError."""
+    def constant(name: str) -> float:
+        raise RequestError(f"the request holds {name}: numbers must be finite")
+
+    try:
+        body = json.loads(raw, parse_constant=constant)
+    except RecursionError:  # thousands of [ or {: the decoder's recursion limit
+        raise RequestError("the request is nested too deeply to be a request of this page") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(f"the request is not JSON: {str(e)[:200]}") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"the request must be a JSON object, got {type(body).__name__}")
+    return body
 
 
 def png_uri(image: torch.Tensor) -> str:
@@ -200,6 +225,27 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # else headers and body, written apart, wait ~40 ms for the client's delayed ACK
     routes = {"/api/decode": Explorer.decode, "/api/slide": Explorer.slide, "/api/image": Explorer.image,
               "/api/interpolate": Explorer.interpolate}
+    timeout = SOCKET_TIMEOUT  # a client that stops sending (a Content-Length larger than its body) frees the thread
+    hosts: frozenset[str] = frozenset(LOCAL_HOSTS)  # the Host values served (make_server adds the bound address)
+
+    def _host_allowed(self) -> bool:
+        """Only requests addressed to this server by its own address or a loopback name: a web page that
+        rebinds its own domain name to 127.0.0.1 (DNS rebinding) sends that name as Host and is refused."""
+        name = host_name(self.headers.get("Host", ""))
+        if name in self.hosts:
+            return True
+        if self.server.server_address[0] in ("0.0.0.0", "::"):  # every interface: an address, never a name
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                return False
+        return False
+
+    def _refuse_host(self) -> None:
+        self.close_connection = True
+        self._json(403, {"error": f"refused: Host {self.headers.get('Host', '')[:100]!r} is not this server's "
+                                  "address; open the address `vaekit explore` printed"})
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per request would flood the terminal
         pass
@@ -216,6 +262,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(doc).encode())
 
     def do_GET(self) -> None:
+        if not self._host_allowed():
+            return self._refuse_host()
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             title = html.escape(self.explorer.name).encode()
@@ -226,6 +274,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"no such page: {path}"})
 
     def do_POST(self) -> None:
+        if not self._host_allowed():
+            return self._refuse_host()
         path = self.path.split("?", 1)[0]
         try:
             length = int(self.headers.get("Content-Length", ""))
@@ -243,13 +293,7 @@ class Handler(BaseHTTPRequestHandler):
         if route is None:
             return self._json(404, {"error": f"no such request: POST {path}"})
         try:
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise RequestError(f"the request is not JSON: {e}") from None
-            if not isinstance(body, dict):
-                raise RequestError(f"the request must be a JSON object, got {type(body).__name__}")
-            self._json(200, route(self.explorer, body))
+            self._json(200, route(self.explorer, parse_request(raw)))
         except (RequestError, VaekitError) as e:
             self._json(400, {"error": str(e)})
         except Exception as e:  # a bug: say so on the page and in the terminal, and keep serving
@@ -257,8 +301,37 @@ class Handler(BaseHTTPRequestHandler):
             self._json(500, {"error": f"internal error: {type(e).__name__}: {e}"})
 
 
+def host_name(host: str) -> str:
+    """The name or address of a Host header, without its port or IPv6 brackets, in lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # a stop does not wait for open keep-alive connections
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        """A thread per connection, up to MAX_CONNECTIONS at once; beyond that a connection is closed at once."""
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):  # a browser tab closed mid-answer
@@ -270,7 +343,9 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -
     """A server bound to host:port (0: a free port; see server.server_address), not yet serving."""
     handler = type("ExplorerHandler", (Handler,), {"explorer": explorer})
     try:
-        return Server((host, port), handler)
+        server = Server((host, port), handler)
+        handler.hosts = frozenset({*LOCAL_HOSTS, host_name(host), host_name(str(server.server_address[0]))})
+        return server
     except OSError as e:
         raise VaekitError(f"cannot serve on {host}:{port}: {e.strerror or e} (choose another --port or --host)") from None
     except OverflowError:

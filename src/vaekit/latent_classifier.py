@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
-from . import runs
+from . import fingerprint, run_files, runs
 from .data import Split, binarization, keep_labels_per_class, load_dataset
 from .errors import VaekitError
 from .models import classifying_models
@@ -82,6 +82,7 @@ def features(model, split: Split, mode: str, batch_size: int = 1024) -> np.ndarr
 def _run_data(run: Path):
     data_cfg, model_cfg, _ = runs.read_config(run)
     dataset = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0))
+    fingerprint.check(run, dataset)
     return data_cfg, dataset, binarization(data_cfg.binarize, model_cfg.likelihood, dataset)
 
 
@@ -125,14 +126,38 @@ def load_m1(run: Path):
     """The run's M1 classifier refitted from its stored features, or None if it has none."""
     if not (run / WEIGHTS).is_file():
         return None
+    features, labels, recipe = read_m1(run)
+    if recipe not in M1_RECIPES.values():
+        raise VaekitError(f"{run / RECIPE} was made with another M1 recipe ({recipe}): run `vaekit m1 {run}` again")
+    return _classifier(features, labels, recipe)
+
+
+def read_m1(run: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """m1.safetensors and m1.json, checked: features (N, D) finite floats, labels (N,) in -1..K-1 with at
+    least 2 classes known, and the recipe's name."""
+    fix = f"run `vaekit m1 {run}` again"
     tensors, _ = ckpt.load_tensors(run / WEIGHTS)
-    try:
-        recipe = json.loads((run / RECIPE).read_text())["recipe"]
-        if recipe not in M1_RECIPES.values():
-            raise VaekitError(f"{run / RECIPE} was made with another M1 recipe ({recipe}): run `vaekit m1 {run}` again")
-        return _classifier(tensors["features"].numpy(), tensors["labels"].numpy(), recipe)
-    except (KeyError, OSError, json.JSONDecodeError, TypeError) as e:
-        raise VaekitError(f"{run / WEIGHTS} or {RECIPE} is damaged ({e}): run `vaekit m1 {run}` again") from None
+    features, labels = tensors.get("features"), tensors.get("labels")
+    ok = (features is not None and labels is not None and features.dim() == 2 and features.is_floating_point()
+          and labels.dim() == 1 and not labels.is_floating_point() and labels.dtype != torch.bool
+          and len(labels) == len(features) and features.shape[1] >= 1)
+    if not ok:
+        raise VaekitError(f"{run / WEIGHTS} is damaged (its features and labels have the wrong shapes or types): {fix}")
+    if not bool(torch.isfinite(features).all()):
+        raise VaekitError(f"{run / WEIGHTS} is damaged (its features hold NaN or infinite values): {fix}")
+    known = labels[labels >= 0]
+    if bool((labels < -1).any()) or len(known.unique()) < 2:
+        raise VaekitError(f"{run / WEIGHTS} is damaged (its labels are not -1 or classes, of at least 2 classes): {fix}")
+    doc = run_files.read_object(run / RECIPE, {"recipe": lambda v: isinstance(v, str)}, fix)
+    return features.double().numpy(), labels.long().numpy(), doc["recipe"]
+
+
+def _codes_for(classifier, codes: np.ndarray, run: Path) -> np.ndarray:
+    """The model's codes, if they have the width the stored M1 was fitted on."""
+    if codes.shape[1] != classifier.n_features_in_:
+        raise VaekitError(f"{run / WEIGHTS} holds codes of {classifier.n_features_in_} numbers but the model's have "
+                          f"{codes.shape[1]}: it is another run's M1; run `vaekit m1 {run}` again")
+    return codes
 
 
 def label_error(run: Path, model, split: Split, mode: str) -> tuple[float, float | None] | None:
@@ -142,7 +167,7 @@ def label_error(run: Path, model, split: Split, mode: str) -> tuple[float, float
         return None
     known = split.y >= 0
     split = Split(split.x[known], split.y[known], split.max_value)
-    wrong = classifier.predict(features(model, split, mode)) != split.y.numpy()
+    wrong = classifier.predict(_codes_for(classifier, features(model, split, mode), run)) != split.y.numpy()
     se = float(wrong.std(ddof=1) / math.sqrt(len(wrong))) if len(wrong) > 1 else None
     return float(wrong.mean()), se
 
@@ -156,7 +181,7 @@ def predict_csv(run: Path, data: str | None = None) -> str:
     split, data_cfg, mode = runs.evaluation_data(run, data=data)
     classifier = load_m1(run)
     if classifier is not None:
-        probs = classifier.predict_proba(features(model, split, mode))
+        probs = classifier.predict_proba(_codes_for(classifier, features(model, split, mode), run))
         classes = classifier.classes_
     elif model.classifies:
         x = test_targets(split, data_cfg.split_seed, mode, "cpu").x

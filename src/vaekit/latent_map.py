@@ -78,7 +78,9 @@ def latent_map(codes: np.ndarray, method: str = "auto", seed: int = 0) -> Latent
     if method == "tsne":
         from sklearn.manifold import TSNE
 
-        perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
-        plane.points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(codes)
+        # t-SNE needs a perplexity below the number of points, and its PCA start two dimensions.
+        perplexity = float(min(30.0, max(2.0, (n - 1) / 3), n - 1))
+        init = "pca" if d >= 2 and n > 2 else "random"
+        plane.points = TSNE(n_components=2, perplexity=perplexity, init=init, random_state=seed).fit_transform(codes)
         plane.method, plane.xlabel, plane.ylabel = "tsne", "t-SNE 1", "t-SNE 2"
     return plane

@@ -19,13 +19,13 @@ options, every epoch trained or stopped early), resumes one that was interrupted
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
+from . import run_files
 from .config import to_dict
 from .errors import VaekitError
 from .runs import read_config
@@ -112,10 +112,10 @@ def stage_status(stage: Stage, configs: tuple) -> str:
                           f"recipe's stage {stage.name}: give --overwrite to train it again, or another --out")
     try:
         _, metadata = ckpt.load_tensors(out / ckpt.LAST)
-        state = json.loads(metadata["train_state"])
-        epoch, best_epoch = int(state["epoch"]), int(state.get("best_epoch", state["epoch"]))
-    except (VaekitError, KeyError, ValueError, TypeError):
+        state = run_files.read_train_state(metadata, out / ckpt.LAST)
+    except VaekitError:
         return "unfinished"  # killed before its first checkpoint, or damaged: --resume says which
+    epoch, best_epoch = state["epoch"], state.get("best_epoch", state["epoch"])
     train = recorded[2]
     epochs = configs[2].epochs or train.epochs  # 0: the automatic count the run recorded
     stalled = train.patience > 0 and epoch - best_epoch >= train.patience

@@ -167,6 +167,9 @@ class TrainState:
             extra[f"rng.{rank}.cpu"]
         except KeyError as e:
             raise VaekitError(f"{t.out / ckpt.LAST} lacks {e} in its training state: it cannot be resumed") from None
+        if state.bound != t.model.bound:
+            raise VaekitError(f"{t.out / ckpt.LAST} keeps the best weights by '{state.bound}', but this model is validated "
+                              f"by '{t.model.bound}': it cannot be resumed")
         if saved.get("world", 1) != t.group.world:
             raise VaekitError(f"{t.out} was trained with {saved.get('world', 1)} processes: resume it with as many")
         torch.set_rng_state(extra[f"rng.{rank}.cpu"])

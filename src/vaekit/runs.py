@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import fingerprint
 from .config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from .data import Split, binarization, load_dataset
 from .errors import VaekitError
@@ -67,6 +68,8 @@ def evaluation_data(run: str | Path, dataset: str | None = None, data: str | Non
     if dataset is not None or data is not None:
         data_cfg = dataclasses.replace(data_cfg, dataset=dataset or data, data_dir=data_dir or data_cfg.data_dir)
     source = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0))  # evaluation sees every known label
+    if dataset is None and data is None:  # its own split: the data must still be what it was trained on
+        fingerprint.check(Path(run), source)
     if source.image_shape != tuple(model_cfg.image_shape):
         raise VaekitError(
             f"the model takes images of shape {tuple(model_cfg.image_shape)} but {data_cfg.dataset} has {source.image_shape}"

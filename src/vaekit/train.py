@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, fingerprint
 from .allocator import keep_freed_memory
 from .config import DataConfig, ModelConfig, TrainConfig
 from .data import DeviceData, epoch_order
@@ -115,6 +115,8 @@ def start(t: Training, resume: bool, overwrite: bool) -> TrainState:
     out, group = t.out, t.group
     state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()}, bound=t.model.bound)
     resuming = resume and (out / ckpt.LAST).is_file()
+    if resume:  # the data must still be what the run was trained on (and split the same way)
+        fingerprint.check(out, t.dataset)
     if resuming:
         state = TrainState.restore(t)
         if group.is_main:  # the one writer (another rank deleting would race its writes)
@@ -133,6 +135,7 @@ def start(t: Training, resume: bool, overwrite: bool) -> TrainState:
             ckpt.prepare_run_folder(out, overwrite)
     if group.is_main:
         ckpt.save_config(out, t.data_cfg, t.model_cfg, t.cfg)
+        fingerprint.record(out, t.dataset)
         if t.plan.labelled is not None:  # exactly which training images were labelled
             ckpt.save_labelled(out, t.dataset.train.index[t.plan.labelled], t.dataset.train.y[t.plan.labelled])
     group.barrier()

@@ -7,6 +7,7 @@ import dataclasses
 
 from ..config import ModelConfig, from_dict
 from ..errors import VaekitError
+from ..limits import check_model_size
 from .base import EvalContext, Model
 from .categorical import CategoricalVAE
 from .hvae import HVAE
@@ -27,7 +28,7 @@ def classifying_models() -> list[str]:
 
 
 def model_class(name: object) -> type:
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise VaekitError(f"model = {name!r} is not a valid value (expected one of {', '.join(MODELS)})")
     return MODELS[name]  # type: ignore[index]
 
@@ -37,6 +38,7 @@ def build(cfg: ModelConfig) -> Model:
     cls = model_class(cfg.model)
     if not isinstance(cfg, cls.Config):
         raise VaekitError(f"a {type(cfg).__name__} does not configure --model {cfg.model}")
+    check_model_size(cls, cfg)
     return cls(cfg)
 
 

@@ -104,7 +104,13 @@ def class_labels(labels: Any, n: int, num_classes: int, device: torch.device) ->
         raise VaekitError("labels were given but this model draws no classes (train a model that does: see `vaekit train --help`, --model)")
     if isinstance(labels, bool) or not isinstance(labels, (int, list, tuple, torch.Tensor)):
         raise VaekitError(f"labels must be an int or a list of ints, got {type(labels).__name__}")
-    c = torch.as_tensor(labels, dtype=torch.long, device=device)
+    try:
+        c = torch.as_tensor(labels, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise VaekitError(f"labels must be an int or a list of ints ({e})") from None
+    if c.dtype == torch.bool or c.is_floating_point() or c.is_complex():  # 2.7 would become class 2
+        raise VaekitError(f"labels must be whole numbers (class numbers), got {c.dtype} values")
+    c = c.long()
     c = c.expand(n) if c.dim() == 0 else c
     if c.shape != (n,):
         raise VaekitError(f"got {c.numel()} labels for {n} samples")
@@ -113,10 +119,15 @@ def class_labels(labels: Any, n: int, num_classes: int, device: torch.device) ->
     return c
 
 
+MAX_DRAW = 65536  # images one call draws at once: the decoder's activations of 28x28 images stay near 3 GB
+
+
 def check_count(n: Any, what: str = "n") -> int:
-    """A number of images to draw: an int >= 1."""
+    """A number of images to draw: an int in 1..MAX_DRAW."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise VaekitError(f"{what} must be a whole number of at least 1, got {n!r}")
+    if n > MAX_DRAW:
+        raise VaekitError(f"{what} must be at most {MAX_DRAW} (draw more in several calls), got {n}")
     return n
 
 

@@ -112,6 +112,8 @@ class M2(nn.Module):
 
     def _neg_elbo_given_y(self, x: torch.Tensor, y: torch.Tensor, prior: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
         """One reparameterised sample: -log p(x|y,z) and KL(q(z|x,y) || p(z)), each (B,)."""
+        if not len(x):  # a batch without labelled (or without unlabelled) images: no terms, not an error
+            return x.new_zeros(0), x.new_zeros(0)
         posterior = self.posterior(x, y)
         z = posterior.rsample()
         recon = -self.likelihood(z, y).log_prob(x)
