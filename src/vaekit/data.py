@@ -28,6 +28,8 @@ from .errors import VaekitError
 
 NAMED_DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist")
 IDX_NAMED = NAMED_DATASETS[1:]
+# Grey-level data sets that vaekit models binarized, as the literature does (dynamic binarization by default).
+BINARIZED_RECIPES: tuple[str, ...] = NAMED_DATASETS
 # The four files of an IDX dataset, as published (optionally without the .gz).
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -209,6 +211,8 @@ def binarization(binarize: str, likelihood: str, dataset: ImageDataset) -> str:
     """The binarization mode to use ("dynamic", "static" or "none"), after checking that the
     likelihood fits the pixels: Bernoulli needs binary targets, Gaussian on binary ones warns."""
     mode = binarize
+    if likelihood == "auto":  # not resolved against data (a model config built by hand): vaekit's first default
+        likelihood = "bernoulli"
     if mode == "auto":
         mode = "dynamic" if likelihood == "bernoulli" else "none"
     if likelihood == "bernoulli" and mode == "none" and not dataset.is_binary:
