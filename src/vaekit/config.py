@@ -90,7 +90,7 @@ class Checked:
 class DataConfig(Checked):
     """Where images come from and how pixels become likelihood targets."""
 
-    dataset: str = _opt("digits", "digits | mnist | fashion-mnist | kmnist | FILE.npz | IMAGE_FOLDER")
+    dataset: str = _opt("digits", "digits | mnist | fashion-mnist | kmnist | cifar10 | svhn | FILE.npz | IMAGE_FOLDER")
     data_dir: str | None = _opt(None, "folder holding IDX files (default: the cache, then system datasets)")
     binarize: str = _opt(
         "auto",

@@ -126,7 +126,7 @@ def _report(model, x: torch.Tensor, terms: dict[str, torch.Tensor], mu: torch.Te
         result["neg_elbo_bits_per_dim"] = result["neg_elbo"] / (num_dims * math.log(2))
         result["nll_bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
     else:  # a density of continuous values has no bits/dim: it is not a probability of the pixels' values
-        result["density"] = "-log p(x) of continuous values, in nats (a density: no bits/dim)"
+        result["density"] = "-log p(x) is a density of continuous values, in nats: not a probability of pixel values"
     activity = mu.double().var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1])
     result["active_units"] = int((activity > 0.01).sum())
     result["latent_dim"] = mu.shape[1]
@@ -146,7 +146,7 @@ def format_report(r: dict) -> str:
         return f"   ({r[key]:.4f})" if key in r else ""
 
     unit = "nats per image (bits/dim)" if "nll_bits_per_dim" in r else \
-        "nats per image: densities of continuous values, no bits/dim"
+        "nats per image: densities of continuous values, not probabilities of pixel values"
     lines = [f"{r['n_images']} images, K = {r['iw_samples']} importance samples; {unit}"]
     if r.get("likelihood"):
         lines.append(f"  likelihood: {r['likelihood']}")
