@@ -161,3 +161,23 @@ def test_automatic_epochs_stop_on_a_stalled_validation():
     assert TrainConfig().patience is None  # unset: automatic with automatic epochs
     assert auto_patience(600) == 120 and auto_patience(16) == 10
     assert TrainConfig(patience=0).patience == 0
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), pytest.param((1, 64, 64), marks=pytest.mark.slow)])
+def test_every_model_takes_the_residual_body(shape):
+    from vaekit.models import MODELS
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, *shape)).float() / 255
+    y = torch.tensor([0, 1, 2, -1])
+    for name, cls in MODELS.items():
+        cfg = cls.Config(arch="resnet", likelihood="logistic-mixture", mixture_components=2, width=4, hidden=16,
+                         latent_dim=4, image_shape=shape, num_classes=3)
+        model = cls(cfg)
+        labels = {"none": None, "all": y.clamp(min=0), "some": y}[cls.labels]
+        terms = model(x, labels)
+        assert torch.isfinite(terms["loss"]), name
+        assert model.reconstruct(x, None if labels is None else y.clamp(min=0)).shape == x.shape, name
+    body = MODELS["vae"](MODELS["vae"].Config(arch="resnet", width=4, image_shape=shape)).encoder.body
+    halvings = {32: 3, 64: 4}[shape[1]]  # down to 4x4, channels doubling: width x 2^halvings
+    assert body(x).shape[-1] == 4 * 2**halvings * 4 * 4
