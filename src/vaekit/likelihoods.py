@@ -229,8 +229,8 @@ class DiscretizedLogisticMixture(Distribution, PixelLikelihood):
                 for j in range(c):
                     mean = mean + coeffs[..., pair, :, :] * values[j]
                     pair += 1
-                u = torch.rand_like(mean).clamp_(1e-6, 1 - 1e-6)
-                x = mean + log_scale[..., c, :, :].exp() * (u.log() - (-u).log1p())
+                u = torch.rand_like(mean)  # in [0, 1): u = 0 gives -inf, the bottom level
+                x = mean + log_scale[..., c, :, :].exp() * (u.log() - (-u).log1p())  # the logistic's quantile
                 values.append(torch.round(x * top).clamp_(0, top) / top)
             return torch.stack(values, -3)
 
@@ -246,8 +246,9 @@ class DiscretizedGaussian(Distribution, PixelLikelihood):
     def __init__(self, params: torch.Tensor, bits: int):
         c = params.shape[-3] // 2
         self.bits = bits
-        self.loc = params[..., :c, :, :] + 0.5
-        self.log_scale = params[..., c:, :, :].clamp(min=MIN_LOG_SCALE)
+        loc, log_scale = params.split([c, c], dim=-3)
+        self.loc = loc + 0.5
+        self.log_scale = log_scale.clamp(min=MIN_LOG_SCALE)
         super().__init__(params.shape[:-3], torch.Size((c, *params.shape[-2:])), validate_args=False)
 
     @staticmethod
