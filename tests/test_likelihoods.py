@@ -174,3 +174,20 @@ def test_auto_is_bernoulli_without_data():
     assert DiscretizedLogisticMixture.discrete and DiscretizedGaussian.discrete
     assert not LIKELIHOODS["gaussian"].discrete
     assert DataConfig().binarize == "auto"
+
+
+@pytest.mark.parametrize("kind", DISCRETE)
+def test_extreme_parameters_give_finite_values_and_gradients(kind):
+    """Scales far beyond either end and means far outside [0, 1], in float32 as training runs."""
+    params, cfg = random_params(kind, 3, 8, lead=(6,), hw=(2, 2))
+    params = params.float()
+    params[0] *= 80  # huge and tiny scales, far means
+    params[1] -= 60
+    params[2] += 60
+    params[3] = 0.0
+    params.requires_grad_(True)
+    x = torch.randint(0, 256, (6, 3, 2, 2), generator=torch.Generator().manual_seed(4)).float() / 255
+    x[:, :, 0, 0], x[:, :, 1, 1] = 0.0, 1.0
+    log_p = LIKELIHOODS[kind].build(params, cfg).log_prob(x)
+    log_p.sum().backward()
+    assert torch.isfinite(log_p).all() and torch.isfinite(params.grad).all()

@@ -42,6 +42,16 @@ from .errors import VaekitError
 # The floor on a discretized component's log-scale: any scale gives a proper distribution; the floor
 # keeps the gradients finite when a bin is fitted exactly (PixelCNN++ floors at -7 on its [-1, 1] scale).
 MIN_LOG_SCALE = -7.0 - math.log(2.0)
+# ... and the ceiling: a scale of e^7 (1100 times the [0, 1] range) is flat over it already; beyond, the
+# bin width 2h / s underflows and log P would be -inf.
+MAX_LOG_SCALE = 7.0
+GAUSSIAN_REACH = 1000.0
+
+
+def _log_positive(x: torch.Tensor) -> torch.Tensor:
+    """log x for x >= 0 that rounding may have made 0: never -inf (a -inf times a 0 mask, or in the
+    branch a torch.where drops, still makes a NaN gradient)."""
+    return torch.log(x.clamp(min=torch.finfo(x.dtype).tiny))
 
 
 def levels(bits: int) -> int:
@@ -72,7 +82,7 @@ def log_bin_probability_logistic(k: torch.Tensor, loc: torch.Tensor, log_scale: 
     b = (centered - h) * inv_scale
     # 0/1 masks of the constant k (products, not torch.where: cheaper backward passes)
     not_top, not_bottom = (k < top).to(loc.dtype), (k > 0).to(loc.dtype)
-    log_width = torch.log(-torch.expm1(-2 * h * inv_scale))
+    log_width = _log_positive(-torch.expm1(-2 * h * inv_scale))
     return -F.softplus(-a) * not_top - F.softplus(b) * not_bottom + log_width * (not_top * not_bottom)
 
 
@@ -86,12 +96,14 @@ def log_bin_probability_gaussian(k: torch.Tensor, loc: torch.Tensor, log_scale: 
     h = 0.5 / top
     inv_scale = torch.exp(-log_scale)
     centered = k / top - loc
-    a = (centered + h) * inv_scale
-    b = (centered - h) * inv_scale
+    # Beyond 1000 standard deviations a bin's probability is below e^-500000 (0 in float64), and float32's
+    # log_ndtr gradient there is wrong or NaN: the edges are clamped to +-1000.
+    a = ((centered + h) * inv_scale).clamp(-GAUSSIAN_REACH, GAUSSIAN_REACH)
+    b = ((centered - h) * inv_scale).clamp(-GAUSSIAN_REACH, GAUSSIAN_REACH)
     right = a + b > 0
     hi, lo = torch.where(right, -b, a), torch.where(right, -a, b)
     log_hi = torch.special.log_ndtr(hi)
-    interior = log_hi + torch.log(-torch.expm1(torch.special.log_ndtr(lo) - log_hi))
+    interior = log_hi + _log_positive(-torch.expm1(torch.special.log_ndtr(lo) - log_hi))
     return torch.where(k == 0, torch.special.log_ndtr(a), torch.where(k == top, torch.special.log_ndtr(-b), interior))
 
 
@@ -160,7 +172,7 @@ class DiscretizedLogisticMixture(Distribution, PixelLikelihood):
         self.logits, rest = params.split([m, params.shape[-3] - m], dim=-3)  # logits: (..., M, H, W)
         loc, log_scale, coeffs = rest.reshape(*lead, m, 2 * c + pairs, h, w).split([c, c, pairs], dim=-3)
         self.loc = loc + 0.5  # (..., M, C, H, W)
-        self.log_scale = log_scale.clamp(min=MIN_LOG_SCALE)
+        self.log_scale = log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
         self.coeffs = torch.tanh(coeffs)  # (..., M, C(C-1)/2, H, W)
         super().__init__(lead, torch.Size((c, h, w)), validate_args=False)
 
@@ -248,7 +260,7 @@ class DiscretizedGaussian(Distribution, PixelLikelihood):
         self.bits = bits
         loc, log_scale = params.split([c, c], dim=-3)
         self.loc = loc + 0.5
-        self.log_scale = log_scale.clamp(min=MIN_LOG_SCALE)
+        self.log_scale = log_scale.clamp(MIN_LOG_SCALE, MAX_LOG_SCALE)
         super().__init__(params.shape[:-3], torch.Size((c, *params.shape[-2:])), validate_args=False)
 
     @staticmethod
