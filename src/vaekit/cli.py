@@ -158,8 +158,8 @@ def build_parser() -> Parser:
     p.add_argument("--data", metavar="FILE.npz", help="images to label (default: the run's test split)")
     p.add_argument("--out", help="CSV file to write (default: standard output)")
 
-    p = sub.add_parser("download", help="download an IDX dataset into the cache, checking SHA-256")
-    p.add_argument("name", choices=("mnist", "fashion-mnist", "kmnist"))
+    p = sub.add_parser("download", help="download a dataset into the cache, checking its SHA-256 (or MD5)")
+    p.add_argument("name", choices=("mnist", "fashion-mnist", "kmnist", "cifar10", "svhn"))
     p.add_argument("--dest", help="folder to write (default: the cache)")
     p.add_argument("--base-url", help="mirror to download from")
     return parser

@@ -128,12 +128,13 @@ class Checked:
 class DataConfig(Checked):
     """Where images come from and how pixels become likelihood targets."""
 
-    dataset: str = _opt("digits", "digits | mnist | fashion-mnist | kmnist | FILE.npz | IMAGE_FOLDER")
+    dataset: str = _opt("digits", "digits | mnist | fashion-mnist | kmnist | cifar10 | svhn | FILE.npz | IMAGE_FOLDER")
     data_dir: str | None = _opt(None, "folder holding IDX files (default: the cache, then system datasets)")
     binarize: str = _opt(
         "auto",
         "dynamic: fresh Bernoulli sample each time an image is seen; static: once; none: raw "
-        "intensities. auto = dynamic for the Bernoulli likelihood, none for the Gaussian",
+        "intensities. auto = dynamic for the Bernoulli likelihood on binary data and on the MNIST family (their recipe), "
+        "none for the others; Bernoulli on other grey-level or colour data needs dynamic or static, given",
         ("auto", "dynamic", "static", "none"),
     )
     val_fraction: float = _opt(0.05, "fraction of the training images held out for validation", low=0, high=1,
@@ -155,8 +156,9 @@ class ModelConfig(Checked):
     """What every model shares: p(x|z...) on conv or MLP bodies and an amortised q(z|x...)."""
 
     model: str = _opt("vae", "which model (one of vaekit.models.MODELS)")
-    arch: str = _opt("conv", "network body: conv, or mlp (the classic 784-400-20 VAE). Unset, --model vae on fashion-mnist takes "
-                   "the gated MLP 2x300, latent 40, 150 epochs (the command prints them)", ("conv", "mlp"))
+    arch: str = _opt("conv", "network body: conv, resnet (residual conv blocks, for natural images), or mlp (the classic "
+                     "784-400-20 VAE). Unset, --model vae on fashion-mnist takes the gated MLP 2x300, latent 40, 150 "
+                     "epochs (the command prints them)", ("conv", "resnet", "mlp"))
     latent_dim: int = _opt(16, "dimension of z", low=1, high=4096)
     width: int = _opt(16, "channels of the first conv layer (doubled at each downsampling)", low=1, high=1024)
     hidden: int = _opt(128, "units of the fully connected hidden layer", low=1, high=65536)
@@ -165,8 +167,16 @@ class ModelConfig(Checked):
     gated: bool = _opt(False, "gated hidden layers, h = (W x) * sigmoid(V x) (Dauphin et al. 2017; the VampPrior "
                        "paper's), instead of SiLU(W x)")
     likelihood: str = _opt(
-        "bernoulli", "bernoulli (BCE, binary pixels) or gaussian (MSE, fixed sigma)", ("bernoulli", "gaussian")
+        "auto", "p(x|z): bernoulli (binary pixels), gaussian (real values, fixed --sigma: a density, nats), "
+        "logistic-mixture (PixelCNN++'s discretized logistic mixture over 2^--bits levels), discretized-gaussian "
+        "(a learned scale per value). auto follows the data and says so: binary pixels or digits/mnist/fashion-mnist/"
+        "kmnist (grey levels, binarized by their recipes) -> bernoulli; 8-bit grey or colour -> logistic-mixture; "
+        "real values in [0, 1] -> gaussian",
+        ("bernoulli", "gaussian", "logistic-mixture", "discretized-gaussian", "auto"),
     )
+    bits: int = _opt(8, "levels of the discretized likelihoods: 2^bits per value (8: the 256 of 8-bit images; 5: "
+                     "bins of 1/31, 8-bit data floored to 5 bits)", low=1, high=16)
+    mixture_components: int = _opt(10, "components of --likelihood logistic-mixture per pixel", low=1, high=256)
     sigma: float = _opt(0.1, "standard deviation of the Gaussian likelihood", low=0, low_open=True)
     # Filled in from the data, not from flags.
     image_shape: tuple[int, int, int] = field(default=(1, 8, 8), metadata={"low": 1, "high": MAX_SIDE})
@@ -192,9 +202,10 @@ class TrainConfig(Checked):
         None, "start from the best weights of this run folder instead of random ones (fine-tuning, e.g. on the "
         "IWAE bound with --train-samples); each of its tensors must fit this model, which may add more (e.g. "
         "--autoregressive), started fresh")
-    patience: int = _opt(0, "stop early when the validation -ELBO (-IWAE_K with --train-samples K) has not improved "
-                         "for this many epochs (0: never)",
-                         low=0)
+    patience: int | None = _opt(
+        None, "stop early when the validation -ELBO (-IWAE_K with --train-samples K) has not improved for this many "
+        "epochs (0: never). Unset: with automatic --epochs, a fifth of them (at least 10), so small data stops "
+        "when validation stops improving instead of running to the cap; with --epochs given, never", low=0)
     ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off", low=0,
                       high=1, high_open=True)
     seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling", low=0, high=MAX_SEED)
@@ -209,6 +220,16 @@ class TrainConfig(Checked):
 
 
 AUTO_STEPS, MIN_EPOCHS, MAX_EPOCHS = 13200, 10, 600
+
+
+AUTO_PATIENCE_FRACTION, MIN_PATIENCE = 0.2, 10
+
+
+def auto_patience(epochs: int) -> int:
+    """--patience unset with automatic --epochs: a fifth of the epochs, at least MIN_PATIENCE. The best
+    weights (by validation) are what a run keeps, so stopping once validation has stalled that long
+    gives the same model as running on, unless validation would have improved again later."""
+    return max(MIN_PATIENCE, round(AUTO_PATIENCE_FRACTION * epochs))
 
 
 def auto_epochs(num_train: int, batch_size: int) -> int:

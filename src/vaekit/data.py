@@ -27,8 +27,17 @@ from .distributed import padded_order
 from .errors import VaekitError
 from .fingerprint import split_fingerprint
 
-NAMED_DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist")
-IDX_NAMED = NAMED_DATASETS[1:]
+NAMED_DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "svhn")
+IDX_NAMED = NAMED_DATASETS[1:4]
+# Grey-level data sets that vaekit models binarized, as the literature does (dynamic binarization by default).
+BINARIZED_RECIPES: tuple[str, ...] = NAMED_DATASETS[:4]
+# CIFAR-10's binary version (no pickle): in cifar-10-binary.tar.gz, under cifar-10-batches-bin/, files of
+# records of 1 label byte and 3072 pixel bytes (1024 red, then green, then blue, each row by row).
+CIFAR_ARCHIVE, CIFAR_FOLDER = "cifar-10-binary.tar.gz", "cifar-10-batches-bin"
+CIFAR_FILES = {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)}
+CIFAR_RECORD = 1 + 3 * 32 * 32
+# SVHN's cropped digits, MATLAB v5 files: X (32, 32, 3, N) uint8, y (N, 1) in 1..10 (10: the digit 0).
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 # The four files of an IDX dataset, as published (optionally without the .gz).
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -96,6 +105,11 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         return _split_dataset(name, x, digits.target.astype(np.int64), 16.0, cfg)
     if name in IDX_NAMED:
         return _load_idx_dataset(name, cfg)
+    if name in ("cifar10", "svhn"):
+        train, test = (_load_cifar10 if name == "cifar10" else _load_svhn)(_named_folders(name, cfg), name)
+        if train[0].shape[1:] != test[0].shape[1:]:
+            raise VaekitError(f"{name}: test images are {test[0].shape[1:]}, training images {train[0].shape[1:]}")
+        return _split_dataset(name, *train, 255.0, cfg, test=test)  # the official test set is kept
     path = Path(name).expanduser()
     if name.endswith(".npz"):
         return _split_dataset(name, *_read_npz(path), cfg)
@@ -222,6 +236,8 @@ def binarization(binarize: str, likelihood: str, dataset: ImageDataset) -> str:
     """The binarization mode to use ("dynamic", "static" or "none"), after checking that the
     likelihood fits the pixels: Bernoulli needs binary targets, Gaussian on binary ones warns."""
     mode = binarize
+    if likelihood == "auto":  # not resolved against data (a model config built by hand): vaekit's first default
+        likelihood = "bernoulli"
     if mode == "auto":
         mode = "dynamic" if likelihood == "bernoulli" else "none"
     if likelihood == "bernoulli" and mode == "none" and not dataset.is_binary:
@@ -447,6 +463,83 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             f"{math.prod(dims)} bytes of data but it holds {len(data) - header}"
         )
     return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 (binary version) and SVHN (.mat): `vaekit download cifar10 | svhn`
+
+
+def _named_folders(name: str, cfg: DataConfig) -> list[Path]:
+    """Where a downloaded dataset may be: --data-dir (itself, then NAME inside) if given, else the cache."""
+    if cfg.data_dir is None:
+        return [default_cache_dir() / name]
+    data_dir = Path(cfg.data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise VaekitError(f"data_dir {data_dir} {'is not a folder' if data_dir.exists() else 'does not exist'}")
+    return [data_dir, data_dir / name]
+
+
+def _load_cifar10(folders: list[Path], name: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((x, y) train, (x, y) test) from cifar-10-binary.tar.gz (read in place) or its extracted folder."""
+    import tarfile
+
+    for folder in folders:
+        for base in (folder / CIFAR_FOLDER, folder):
+            if all((base / f).is_file() for part in CIFAR_FILES.values() for f in part):
+                return tuple(_cifar_records([(base / f).read_bytes() for f in CIFAR_FILES[part]], base, CIFAR_FILES[part])
+                             for part in ("train", "test"))
+        archive = folder / CIFAR_ARCHIVE
+        if archive.is_file():
+            try:
+                with tarfile.open(archive, "r:gz") as tar:  # members are read as bytes: nothing is extracted
+                    members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+                    missing = [f for part in CIFAR_FILES.values() for f in part if f not in members]
+                    if missing:
+                        raise VaekitError(f"{archive} lacks {', '.join(missing)}: not CIFAR-10's binary version")
+                    return tuple(_cifar_records([tar.extractfile(members[f]).read() for f in CIFAR_FILES[part]],
+                                                archive, CIFAR_FILES[part]) for part in ("train", "test"))
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+                raise VaekitError(f"{archive}: damaged archive ({e}); delete it and download it again") from None
+    raise VaekitError(f"{name} not found: looked for {CIFAR_ARCHIVE} or {CIFAR_FOLDER}/ in "
+                      f"{', '.join(map(str, folders))}; run `vaekit download {name}`, or pass --data-dir FOLDER")
+
+
+def _cifar_records(blobs: list[bytes], where: Path, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Records of 1 label byte + 3072 pixel bytes -> images (N, 3, 32, 32) uint8, labels (N,) int64."""
+    for blob, f in zip(blobs, names):
+        if len(blob) % CIFAR_RECORD or not blob:
+            raise VaekitError(f"{where}: {f} holds {len(blob)} bytes, not a whole number of {CIFAR_RECORD}-byte "
+                              "records (1 label byte + 3072 pixel bytes): truncated or not CIFAR-10's binary version")
+    records = np.frombuffer(b"".join(blobs), np.uint8).reshape(-1, CIFAR_RECORD)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() >= 10:
+        raise VaekitError(f"{where}: label {labels.max()} is out of range 0..9: not CIFAR-10's binary version")
+    return np.ascontiguousarray(records[:, 1:].reshape(-1, 3, 32, 32)), labels
+
+
+def _load_svhn(folders: list[Path], name: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((x, y) train, (x, y) test) from train_32x32.mat and test_32x32.mat; label 10 is the digit 0."""
+    for folder in folders:
+        if all((folder / f).is_file() for f in SVHN_FILES.values()):
+            return tuple(_read_svhn(folder / SVHN_FILES[part]) for part in ("train", "test"))
+    raise VaekitError(f"{name} not found: looked for {' and '.join(SVHN_FILES.values())} in "
+                      f"{', '.join(map(str, folders))}; run `vaekit download {name}`, or pass --data-dir FOLDER")
+
+
+def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))  # MATLAB v5: no pickle
+    except (ValueError, OSError, TypeError, NotImplementedError, zlib.error) as e:
+        raise VaekitError(f"{path}: not a readable MATLAB v5 file ({e})") from None
+    x, y = mat.get("X"), mat.get("y")
+    if x is None or y is None or x.ndim != 4 or x.shape[2] != 3 or x.dtype != np.uint8:
+        raise VaekitError(f"{path}: expected X of shape (32, 32, 3, N) uint8 and y (N, 1): not SVHN's cropped digits")
+    y = y.reshape(-1).astype(np.int64)
+    if len(y) != x.shape[3] or (len(y) and (y.min() < 1 or y.max() > 10)):
+        raise VaekitError(f"{path}: {x.shape[3]} images and {len(y)} labels in 1..10 expected")
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), y % 10  # (N, 3, H, W); 10 -> 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,11 +128,6 @@ def gaussian_likelihood(loc: torch.Tensor, sigma: float) -> Independent:
     return Independent(Normal(loc, torch.full_like(loc, sigma), validate_args=False), 3, validate_args=False)
 
 
-def pixel_likelihood(out: torch.Tensor, kind: str, sigma: float) -> Independent:
-    """p(x|z) from the decoder's output: Bernoulli logits (kind "bernoulli") or Gaussian means."""
-    return bernoulli_likelihood(out) if kind == "bernoulli" else gaussian_likelihood(out, sigma)
-
-
 def gaussian_nll_constant(num_pixels: int, sigma: float) -> float:
     """The data-independent part of -log N(x; loc, sigma^2 I): (D/2) log(2 pi sigma^2)."""
     return 0.5 * num_pixels * math.log(2 * math.pi * sigma**2)
@@ -140,5 +135,5 @@ def gaussian_nll_constant(num_pixels: int, sigma: float) -> float:
 
 def likelihood_mean(likelihood: Distribution) -> torch.Tensor:
     """E[x|z] as an image in [0,1] (the Bernoulli probabilities or the Gaussian mean, clamped; an
-    autoregressive likelihood's mean-field picture)."""
+    autoregressive likelihood's mean-field picture; a discretized one's mean, likelihoods.py)."""
     return likelihood.mean.clamp(0, 1)

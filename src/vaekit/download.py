@@ -1,4 +1,5 @@
-"""Download the IDX files of MNIST, Fashion-MNIST and KMNIST, checked against known SHA-256 sums.
+"""Download MNIST, Fashion-MNIST and KMNIST (IDX files), CIFAR-10 (its binary version) and SVHN (.mat),
+checked against known SHA-256 sums (MD5 where only that is published).
 
 Each file streams to FILE.part (resumed with an HTTP Range request after an interruption), is
 hashed, and only then renamed into place, so a file under its final name is always complete.
@@ -55,6 +56,15 @@ SOURCES: dict[str, dict] = {
             "t10k-labels-idx1-ubyte.gz": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
         },
     },
+    "cifar10": {  # the binary version: records of bytes, read without pickle (data.py)
+        "urls": ("https://www.cs.toronto.edu/~kriz/",),
+        "sha256": {"cifar-10-binary.tar.gz": "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"},
+    },
+    "svhn": {  # the cropped digits; the authors publish no SHA-256: their MD5 sums are checked instead
+        "urls": ("http://ufldl.stanford.edu/housenumbers/",),
+        "sha256": {"train_32x32.mat": None, "test_32x32.mat": None},
+        "md5": {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373", "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"},
+    },
 }
 TIMEOUT_S = 30.0  # per socket operation
 BACKOFF_S = 1.0  # first retry delay; doubles each attempt
@@ -66,7 +76,7 @@ _TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
 def download(
     name: str, dest: Path | None = None, *, base_url: str | None = None, retries: int = 3, progress: bool = True
 ) -> Path:
-    """Fetch and verify the IDX files of dataset `name` into dest (default: cache/NAME); return dest.
+    """Fetch and verify the files of dataset `name` into dest (default: cache/NAME); return dest.
 
     Files already present with the right hash are skipped. base_url (an http(s) URL) replaces the
     standard mirrors; only None means the standard ones. Each file gets 1 + `retries` attempts per
@@ -87,6 +97,7 @@ def download(
     except OSError as e:
         raise VaekitError(f"{dest}: cannot create the download folder ({e.strerror or e})") from None
     mirrors = (base_url,) if base_url is not None else SOURCES[name]["urls"]
+    md5 = SOURCES[name].get("md5", {})
     unverified = {}
     for filename, expected in SOURCES[name]["sha256"].items():
         target = dest / filename
@@ -94,16 +105,19 @@ def download(
             actual = _sha256(target)
             if expected is None:
                 unverified[filename] = actual
-            if expected in (None, actual):
+            if expected == actual or (expected is None and md5.get(filename) in (None, _digest(target, "md5"))):
                 continue
         part = dest / f"{filename}.part"
         url = _fetch(mirrors, filename, part, retries, progress)
         actual = _sha256(part)
-        if expected is not None and actual != expected:
+        check, want, got = "SHA-256", expected, actual
+        if expected is None and filename in md5:
+            check, want, got = "MD5", md5[filename], _digest(part, "md5")
+        if want is not None and got != want:
             part.unlink()
             raise VaekitError(
-                f"{filename} from {url} is damaged or not the expected file: SHA-256 {actual}, "
-                f"expected {expected} (the download was removed)"
+                f"{filename} from {url} is damaged or not the expected file: {check} {got}, "
+                f"expected {want} (the download was removed)"
             )
         os.replace(part, target)  # atomic: the final name only ever holds a complete, checked file
         if expected is None:
@@ -111,8 +125,10 @@ def download(
     if unverified:
         sums = dest / "SHA256SUMS"
         sums.write_text("".join(f"{h}  {f}\n" for f, h in unverified.items()))
-        print(f"warning: no known SHA-256 for {', '.join(unverified)}; their hashes were written to {sums}",
-              file=sys.stderr)
+        unchecked = [f for f in unverified if f not in md5]
+        if unchecked:
+            print(f"warning: no known SHA-256 for {', '.join(unchecked)}; their hashes were written to {sums}",
+                  file=sys.stderr)
     return dest
 
 
@@ -181,8 +197,12 @@ def _fetch_once(url: str, part: Path, progress: bool) -> None:
 
 
 def _sha256(path: Path) -> str:
+    return _digest(path, "sha256")
+
+
+def _digest(path: Path, algorithm: str) -> str:
     try:
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            return hashlib.file_digest(f, algorithm).hexdigest()
     except OSError as e:
         raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None

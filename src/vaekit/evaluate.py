@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .allocator import keep_freed_memory
 from .data import batches
 from .errors import VaekitError
+from .likelihoods import likelihood_kind
 from .limits import check_fits, pair_bytes
 
 LONG_EVALUATION_S = 60.0  # estimates above this are announced
@@ -121,8 +122,15 @@ def _report(model, x: torch.Tensor, terms: dict[str, torch.Tensor], mu: torch.Te
     result["neg_elbo"], result["neg_elbo_se"] = _mean_se(terms["recon"].double() + terms["kl"].double())
     result["neg_elbo"] = result["recon"] + result["kl"]
     num_dims = math.prod(x.shape[1:])
-    result["neg_elbo_bits_per_dim"] = result["neg_elbo"] / (num_dims * math.log(2))
-    result["nll_bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
+    cfg = getattr(model, "cfg", None)
+    kind = likelihood_kind(cfg) if cfg is not None else None
+    if kind is not None:
+        result["likelihood"] = kind.describe(cfg)
+    if kind is None or kind.discrete:  # -log2 P(x) / D of the discrete values (for Bernoulli: the binary ones)
+        result["neg_elbo_bits_per_dim"] = result["neg_elbo"] / (num_dims * math.log(2))
+        result["nll_bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
+    else:  # a density of continuous values has no bits/dim: it is not a probability of the pixels' values
+        result["density"] = "-log p(x) is a density of continuous values, in nats: not a probability of pixel values"
     activity = mu.double().var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1])
     result["active_units"] = int((activity > 0.01).sum())
     result["latent_dim"] = mu.shape[1]
@@ -138,16 +146,24 @@ def format_report(r: dict) -> str:
     def se(key: str) -> str:
         return "n/a" if r.get(f"{key}_se") is None else f"{r[f'{key}_se']:.3f}"
 
-    lines = [f"{r['n_images']} images, K = {r['iw_samples']} importance samples; nats per image (bits/dim)"]
-    lines.append(f"  -ELBO           {r['neg_elbo']:10.3f} ± {se('neg_elbo')}   ({r['neg_elbo_bits_per_dim']:.4f})")
+    def bits(key: str) -> str:
+        return f"   ({r[key]:.4f})" if key in r else ""
+
+    unit = "nats per image (bits/dim)" if "nll_bits_per_dim" in r else \
+        "nats per image: densities of continuous values, not probabilities of pixel values"
+    lines = [f"{r['n_images']} images, K = {r['iw_samples']} importance samples; {unit}"]
+    if r.get("likelihood"):
+        lines.append(f"  likelihood: {r['likelihood']}")
+    lines.append(f"  -ELBO           {r['neg_elbo']:10.3f} ± {se('neg_elbo')}{bits('neg_elbo_bits_per_dim')}")
     lines.append(f"    reconstruction {r['recon']:9.3f} ± {se('recon')}")
     lines.append(f"    KL             {r['kl']:9.3f} ± {se('kl')}")
-    lines.append(f"  -log p(x) IWAE  {r['nll']:10.3f} ± {se('nll')}   ({r['nll_bits_per_dim']:.4f})")
+    lines.append(f"  -log p(x) IWAE  {r['nll']:10.3f} ± {se('nll')}{bits('nll_bits_per_dim')}")
     lines.append(f"  active units    {r['active_units']} of {r['latent_dim']}")
     if "kl_per_dim" in r:
         lines.append("  KL per dim      " + " ".join(f"{v:.2f}" for v in r["kl_per_dim"]))
     shown = {"n_images", "iw_samples", "neg_elbo", "recon", "kl", "nll", "neg_elbo_bits_per_dim", "nll_bits_per_dim",
-             "active_units", "latent_dim", "kl_per_dim", "posterior_mean_variance", "dataset"}
+             "active_units", "latent_dim", "kl_per_dim", "posterior_mean_variance", "dataset", "likelihood",
+             "density"}
     for key, value in r.items():  # whatever else the model reported (its metrics(), per-example terms)
         if key in shown or key.endswith("_se") or value is None:
             continue

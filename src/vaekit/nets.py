@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import VaekitError
+from .likelihoods import parameter_channels
 
 Act = nn.SiLU
 
@@ -37,12 +38,14 @@ def num_downsamples(height: int, width: int, max_down: int = 3) -> int:
     return n
 
 
-def conv_bodies(image_shape: tuple[int, int, int], width: int) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:
-    """(encoder body: image -> features, decoder stages: features -> image, feature shape)."""
+def conv_bodies(image_shape: tuple[int, int, int], width: int,
+                out_channels: int | None = None) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:
+    """(encoder body: image -> features, decoder stages: features -> the likelihood's out_channels (default:
+    the image's) per pixel, feature shape)."""
     c, h, w = image_shape
     n = num_downsamples(h, w)
     enc: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1), Act()]
-    dec: list[nn.Module] = [nn.Conv2d(width, c, 3, padding=1)]
+    dec: list[nn.Module] = [nn.Conv2d(width, out_channels or c, 3, padding=1)]
     ch = width
     for _ in range(n):
         enc += [nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1), Act()]
@@ -50,6 +53,43 @@ def conv_bodies(image_shape: tuple[int, int, int], width: int) -> tuple[nn.Modul
         ch *= 2
     feature_shape = (ch, h >> n, w >> n)
     return nn.Sequential(*enc, nn.Flatten()), dec, feature_shape
+
+
+class ResidualBlock(nn.Module):
+    """x + conv3x3(SiLU(conv3x3(SiLU(x)))), channels kept (pre-activation, He et al. 2016); the second conv
+    starts at zero, so a fresh block is the identity and a deep stack trains like a shallow one."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.in_channels = channels  # read by the decoder's per-class biases (stage_in_channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+def resnet_bodies(image_shape: tuple[int, int, int], width: int, out_channels: int,
+                  blocks: int = 2) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:
+    """The residual body: a 3x3 conv, then per resolution `blocks` residual blocks and a stride-2 4x4 conv
+    that halves H and W (while both stay even and >= 8, at most 4 times: 32x32 -> 4x4, 64x64 -> 4x4) and
+    doubles the channels; the decoder mirrors it (transposed convs up, the same blocks) and ends in a
+    3x3 conv to the likelihood's out_channels per pixel."""
+    c, h, w = image_shape
+    n = num_downsamples(h, w, max_down=4)
+    enc: list[nn.Module] = [nn.Conv2d(c, width, 3, padding=1)]
+    dec: list[nn.Module] = [nn.Sequential(*(ResidualBlock(width) for _ in range(blocks)), Act(),
+                                          nn.Conv2d(width, out_channels, 3, padding=1))]
+    ch = width
+    for _ in range(n):
+        enc += [*(ResidualBlock(ch) for _ in range(blocks)), nn.Conv2d(ch, 2 * ch, 4, stride=2, padding=1)]
+        dec = [nn.Sequential(*(ResidualBlock(2 * ch) for _ in range(blocks)), Act(),
+                             nn.ConvTranspose2d(2 * ch, ch, 4, stride=2, padding=1)), *dec]
+        ch *= 2
+    enc += [*(ResidualBlock(ch) for _ in range(blocks)), Act()]
+    return nn.Sequential(*enc, nn.Flatten()), dec, (ch, h >> n, w >> n)
 
 
 class GatedLinear(nn.Module):
@@ -136,35 +176,45 @@ def stage_in_channels(stage: nn.Module) -> int:
 
 def make_networks(cfg: ModelConfig, k: int = 0) -> tuple[Encoder, Decoder]:
     """Encoder and decoder for cfg.image_shape, cfg.arch, cfg.latent_dim, both conditioned on a one-hot
-    class of k classes (k = 0: unconditional)."""
-    enc_body, dec_stages, feature_shape = _bodies(cfg)
+    class of k classes (k = 0: unconditional); the decoder outputs cfg.likelihood's parameters per pixel."""
+    out_channels = parameter_channels(cfg)
+    enc_body, dec_stages, feature_shape = _bodies(cfg, out_channels)
     encoder = Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, cfg.latent_dim, cfg.hidden_layers, cfg.gated)
-    decoder = Decoder(dec_stages, feature_shape, k, cfg.hidden, cfg.latent_dim, cfg.arch == "conv", cfg.hidden_layers,
-                      cfg.gated)
+    decoder = Decoder(dec_stages, _decoder_features(cfg, feature_shape, out_channels), k, cfg.hidden, cfg.latent_dim,
+                      cfg.arch != "mlp", cfg.hidden_layers, cfg.gated)
     return encoder, decoder
 
 
 def make_encoder(cfg: ModelConfig, latent_dim: int, k: int = 0) -> Encoder:
     """The encoder alone, to latent vectors of `latent_dim`, with an extra input of k numbers."""
-    enc_body, _, feature_shape = _bodies(cfg)
+    enc_body, _, feature_shape = _bodies(cfg, parameter_channels(cfg))
     return Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, latent_dim, cfg.hidden_layers, cfg.gated)
 
 
 def make_decoder(cfg: ModelConfig, latent_dim: int, k: int = 0) -> Decoder:
     """The decoder alone, from latent vectors of `latent_dim` and an extra input of k numbers (a one-hot class)."""
-    _, dec_stages, feature_shape = _bodies(cfg)
-    return Decoder(dec_stages, feature_shape, k, cfg.hidden, latent_dim, cfg.arch == "conv", cfg.hidden_layers, cfg.gated)
+    out_channels = parameter_channels(cfg)
+    _, dec_stages, feature_shape = _bodies(cfg, out_channels)
+    return Decoder(dec_stages, _decoder_features(cfg, feature_shape, out_channels), k, cfg.hidden, latent_dim,
+                   cfg.arch != "mlp", cfg.hidden_layers, cfg.gated)
 
 
-def _bodies(cfg: ModelConfig) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:
+def _decoder_features(cfg: ModelConfig, feature_shape: tuple[int, ...], out_channels: int) -> tuple[int, ...]:
+    """The decoder's feature shape: the body's; an MLP's are the likelihood's parameters of each pixel."""
+    return (out_channels, *cfg.image_shape[1:]) if cfg.arch == "mlp" else feature_shape
+
+
+def _bodies(cfg: ModelConfig, out_channels: int | None = None) -> tuple[nn.Module, list[nn.Module], tuple[int, ...]]:
     c, h, w = cfg.image_shape
     if min(h, w) < 4 or c < 1:
         raise VaekitError(f"images of shape {cfg.image_shape} are too small: need at least 1x4x4")
     if cfg.arch == "conv":
-        return conv_bodies(cfg.image_shape, cfg.width)
+        return conv_bodies(cfg.image_shape, cfg.width, out_channels)
+    if cfg.arch == "resnet":
+        return resnet_bodies(cfg.image_shape, cfg.width, out_channels or c)
     if cfg.arch == "mlp":
         return nn.Flatten(), [], cfg.image_shape
-    raise VaekitError(f"unknown architecture '{cfg.arch}': use conv or mlp")
+    raise VaekitError(f"unknown architecture '{cfg.arch}': use conv, resnet or mlp")
 
 
 def make_classifier(cfg: ModelConfig, k: int) -> nn.Module:

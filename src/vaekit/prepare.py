@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from . import distributed, models, runs
-from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs
+from .config import DataConfig, ModelConfig, TrainConfig, auto_epochs, auto_patience
 from .data import VAL_SEED_OFFSET, EpochPlan, ImageDataset, binarization, fixed_targets, load_dataset, training_targets
 from .ema import EMA
 from .errors import VaekitError
+from .likelihoods import choose_likelihood
 from .run_state import Training
 
 
@@ -23,6 +24,7 @@ def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out:
     --init-from's weights where given) and optimizer."""
     device = group.device
     dataset = load_dataset(data_cfg)
+    model_cfg, said = choose_likelihood(model_cfg, data_cfg, dataset)  # --likelihood auto follows the data
     mode = binarization(data_cfg.binarize, model_cfg.likelihood, dataset)
     cls = models.model_class(model_cfg.model)
     labelled = check_labels(cls, model_cfg.model, dataset)
@@ -33,6 +35,9 @@ def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out:
     distributed.check_batch_size(cfg.batch_size, group)
     share = data_cfg.labelled_share if labelled is not None else 0.0
     plan = EpochPlan(len(dataset.train), cfg.batch_size, group.world, cfg.seed, labelled, share)
+    if cfg.patience is None:  # unset: early stopping with automatic epochs (config.auto_patience), else none
+        epochs = cfg.epochs or auto_epochs(plan.examples_per_epoch, cfg.batch_size)
+        cfg = replace(cfg, patience=auto_patience(epochs) if cfg.epochs == 0 else 0)
     if cfg.epochs == 0:
         cfg = replace(cfg, epochs=auto_epochs(plan.examples_per_epoch, cfg.batch_size))
 
@@ -54,6 +59,8 @@ def prepare(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig, out:
     if cls.labels == "none":  # no label gather per step for a model that ignores them
         train_data = replace(train_data, y=None)
     val_data = fixed_targets(dataset.val, mode, data_cfg.split_seed + VAL_SEED_OFFSET, device)
+    if group.is_main:
+        print(said, flush=True)
     return Training(data_cfg, model_cfg, cfg, out, group, dataset, mode, model, EMA(model, cfg.ema), optimizer,
                     train_data, val_data, plan)
 

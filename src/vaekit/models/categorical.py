@@ -40,8 +40,9 @@ from torch.distributions import Categorical, Independent
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from ..config import ModelConfig, _opt
-from ..distributions import likelihood_mean, pixel_likelihood
+from ..distributions import likelihood_mean
 from ..errors import VaekitError
+from ..likelihoods import pixel_likelihood
 from ..nets import make_classifier, make_decoder
 from ..objectives import iwae_bound
 from .base import EvalContext, check_count, class_labels
@@ -105,7 +106,7 @@ class CategoricalVAE(nn.Module):
     def likelihood(self, z: torch.Tensor) -> Independent:
         """z: (..., B, G*K) one-hot codes (or relaxed ones); batch shape (..., B)."""
         out = self.decoder(z)
-        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg)
 
     def _onehot(self, index: torch.Tensor) -> torch.Tensor:
         """Category indices (..., G) -> flat one-hot codes (..., G*K)."""

@@ -25,8 +25,9 @@ from torch import nn
 from torch.distributions import Distribution, Independent
 
 from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_mean, normal_kl, pixel_likelihood
+from ..distributions import diagonal_gaussian, likelihood_mean, normal_kl
 from ..errors import VaekitError
+from ..likelihoods import pixel_likelihood
 from ..nets import make_encoder, make_networks
 from ..objectives import iwae_bound, latent_kl
 from ..priors import components_option, make_prior, prior_option
@@ -81,7 +82,7 @@ class HVAE(nn.Module):
 
     def likelihood(self, z1: torch.Tensor, z2: torch.Tensor) -> Independent:
         out = self.decoder(z1, z2)
-        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg)
 
     # ---- objective
     def forward(

@@ -43,8 +43,9 @@ from torch.distributions import Distribution, Independent
 
 from ..classifier import judge_conditional_samples
 from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
+from ..distributions import diagonal_gaussian, likelihood_mean
 from ..errors import VaekitError
+from ..likelihoods import pixel_likelihood
 from ..nets import make_classifier, make_networks
 from ..objectives import gaussian_latent_bounds, latent_kl
 from ..priors import components_option, make_prior, prior_option
@@ -100,7 +101,7 @@ class M2(nn.Module):
 
     def likelihood(self, z: torch.Tensor, y: torch.Tensor) -> Independent:
         out = self.decoder(z, self._onehot(y))
-        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg)
 
     def _onehot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.cfg.num_classes).to(self.encoder.out.weight.dtype)

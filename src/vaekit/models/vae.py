@@ -30,8 +30,9 @@ from torch.distributions import Distribution, Independent
 from ..autoregressive import AutoregressiveBernoulli, PixelContext
 from ..classifier import judge_conditional_samples
 from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
+from ..distributions import diagonal_gaussian, likelihood_mean
 from ..errors import VaekitError
+from ..likelihoods import pixel_likelihood
 from ..nets import make_networks
 from ..objectives import elbo, gaussian_latent_bounds, iwae_objective
 from ..priors import components_option, make_prior, prior_option
@@ -80,7 +81,7 @@ class VAE(nn.Module):
         self.pixel_context = None  # a(x_<i, z) of the autoregressive likelihood
         hidden = cfg.autoregressive_hidden
         if cfg.autoregressive:
-            if cfg.likelihood != "bernoulli":
+            if cfg.likelihood not in ("bernoulli", "auto"):
                 raise VaekitError("--autoregressive is a Bernoulli likelihood over binary pixels: drop --likelihood gaussian")
             self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes,
                                               hidden or cfg.hidden)
@@ -124,7 +125,7 @@ class VAE(nn.Module):
         if self.pixel_context is not None:
             context = z if onehot is None else torch.cat([z, onehot], -1)
             return AutoregressiveBernoulli(out, self.pixel_context, context)
-        return pixel_likelihood(out, self.cfg.likelihood, self.cfg.sigma)
+        return pixel_likelihood(out, self.cfg)
 
     # ---- objective
     def forward(

@@ -1,0 +1,208 @@
+"""Bits/dim on natural-image tiles: lossless codecs against vaekit's discretized likelihood, offline.
+
+Photographs that ship inside packages (scikit-image's sample data, scikit-learn's sample images) are
+cut into 32x32 RGB tiles and split BY PHOTOGRAPH: the test tiles come from photos no training tile
+comes from. The table gives -log2 p(x) / D (bits per value, D = 3 * 32 * 32) on the test tiles for
+
+    PNG, WebP lossless      (Pillow) each tile compressed on its own, and the test photos' tiled areas
+                            compressed whole ("mosaic": the codec sees each tile's neighbours)
+    per-pixel logistic mix  the discretized logistic mixture with no latent: one set of parameters per
+                            pixel position, fitted to the training tiles (the likelihood alone)
+    vaekit VAE (HVAE)       `vaekit train` at its defaults on an .npz of the training tiles (the likelihood
+                            is then the discretized logistic mixture, 10 components, 8 bits), --epochs set
+                            to fit the CPU budget; -log p(x) is the IWAE estimate with K samples
+
+Each row's CPU minutes are the process's CPU time (time.process_time: all threads, not wall time).
+
+    pip install -e '.[bench]'            # scikit-image (its sample photos)
+    OMP_NUM_THREADS=1 python benchmarks/natural_images.py --out /tmp/natural
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TILE = 32
+TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "china")
+TEST_PHOTOS = ("chelsea", "flower")
+
+
+def photos() -> dict[str, np.ndarray]:
+    """name -> (H, W, 3) uint8: scikit-image's colour photographs and scikit-learn's two."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    found = {name: getattr(skimage.data, name)() for name in ("astronaut", "coffee", "rocket", "immunohistochemistry",
+                                                              "chelsea")}
+    sample = load_sample_images()
+    for path, image in zip(sample.filenames, sample.images):
+        found[Path(path).stem] = image
+    return {k: np.ascontiguousarray(v[..., :3]).astype(np.uint8) for k, v in found.items()}
+
+
+def tiles(image: np.ndarray, stride: int) -> np.ndarray:
+    """(N, 3, 32, 32) tiles at `stride` (stride 32: the non-overlapping grid), row by row."""
+    h, w = image.shape[:2]
+    out = [image[i:i + TILE, j:j + TILE] for i in range(0, h - TILE + 1, stride) for j in range(0, w - TILE + 1, stride)]
+    return np.stack(out).transpose(0, 3, 1, 2)
+
+
+def tiled_area(image: np.ndarray) -> np.ndarray:
+    """The part of a photo its non-overlapping tiles cover."""
+    h, w = image.shape[:2]
+    return image[: h - h % TILE, : w - w % TILE]
+
+
+def encoded_bytes(image: np.ndarray, codec: str) -> int:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if codec == "png":
+        Image.fromarray(image).save(buffer, format="PNG", optimize=True)
+    else:
+        Image.fromarray(image).save(buffer, format="WEBP", lossless=True, quality=100, method=6)
+    return len(buffer.getvalue())
+
+
+def codec_rows(test_tiles: np.ndarray, areas: list[np.ndarray]) -> list[tuple[str, float, float]]:
+    values = test_tiles.size
+    rows = []
+    for codec, name in (("png", "PNG (optimize)"), ("webp", "WebP lossless")):
+        start = time.process_time()
+        per_tile = sum(encoded_bytes(t.transpose(1, 2, 0), codec) for t in test_tiles)
+        rows.append((f"{name}, each tile alone", 8 * per_tile / values, (time.process_time() - start) / 60))
+        start = time.process_time()
+        whole = sum(encoded_bytes(a, codec) for a in areas)
+        rows.append((f"{name}, test photos whole", 8 * whole / values, (time.process_time() - start) / 60))
+    return rows
+
+
+def no_latent_row(train: np.ndarray, test: np.ndarray, steps: int, seed: int) -> tuple[str, float, float]:
+    """The per-position discretized logistic mixture, no latent: parameters (P, 32, 32) fitted by Adam."""
+    from vaekit.likelihoods import DiscretizedLogisticMixture
+
+    start = time.process_time()
+    torch.manual_seed(seed)
+    components = 10
+    params = torch.zeros(1, components * 10, TILE, TILE)
+    params[:, :components] = 0.01 * torch.randn(1, components, TILE, TILE)  # distinct components
+    params.requires_grad_(True)
+    opt = torch.optim.Adam([params], lr=0.02)
+    x_train = torch.from_numpy(train).float() / 255
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = x_train[torch.randint(len(x_train), (128,), generator=generator)]
+        loss = -DiscretizedLogisticMixture(params, 3, components, 8).log_prob(batch).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        nll = -DiscretizedLogisticMixture(params, 3, components, 8).log_prob(torch.from_numpy(test).float() / 255)
+    bits = float(nll.double().mean()) / (test[0].size * math.log(2))
+    return f"per-pixel logistic mixture, no latent ({steps} steps)", bits, (time.process_time() - start) / 60
+
+
+def vaekit_row(model: str, train_npz: Path, test_npz: Path, out: Path, budget_minutes: float, iw_samples: int,
+               seed: int, extra: dict) -> tuple[str, float, float, dict]:
+    """`vaekit train` at its defaults (plus `extra`) with --epochs fitted to the budget, then the IWAE."""
+    import vaekit
+    from vaekit import models
+    from vaekit.api import make_configs
+    from vaekit.config import to_dict
+    from vaekit.data import load_dataset
+
+    start = time.process_time()
+    options = dict(dataset=str(train_npz), model=model, seed=seed, test_fraction=0.01, **extra)
+    data_cfg, model_cfg, train_cfg = make_configs(**options)
+    dataset = load_dataset(data_cfg)
+    # The CPU time of a step, measured on a throwaway copy of the model (counted in the budget).
+    probe = models.build(type(model_cfg)(**{**to_dict(model_cfg), "likelihood": "logistic-mixture",
+                                            "image_shape": dataset.image_shape}))
+    opt = torch.optim.Adam(probe.parameters(), lr=train_cfg.lr)
+    x = dataset.train.x[: train_cfg.batch_size].float() / 255
+    for i in range(6):
+        if i == 1:
+            t0 = time.process_time()
+        loss = probe(x)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    step_seconds = (time.process_time() - t0) / 5
+    steps_per_epoch = math.ceil(len(dataset.train) / train_cfg.batch_size)
+    left = budget_minutes * 60 - (time.process_time() - start)
+    epochs = max(1, int(left / (1.1 * step_seconds * steps_per_epoch)))  # 10 %: validation, pictures
+    tag = "-".join(f"{k}{v}" for k, v in extra.items())
+    run = vaekit.train(out / f"run-{model}{'-' + tag if tag else ''}", overwrite=True, progress=False, epochs=epochs, **options)
+    train_minutes = (time.process_time() - start) / 60
+    start = time.process_time()
+    result = vaekit.evaluate(run, data=str(test_npz), iw_samples=iw_samples, device="cpu")
+    eval_minutes = (time.process_time() - start) / 60
+    info = {"epochs": epochs, "train_minutes": train_minutes, "eval_minutes": eval_minutes, "result": result}
+    name = f"vaekit {model} ({', '.join(f'{k} {v}' for k, v in extra.items()) or 'defaults'}), {epochs} epochs, " \
+           f"IWAE K={iw_samples}"
+    return name, result["nll_bits_per_dim"], train_minutes + eval_minutes, info
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="/tmp/vaekit-natural", help="folder for the tiles and the run folders")
+    parser.add_argument("--stride", type=int, default=16, help="training tiles' stride (test tiles never overlap)")
+    parser.add_argument("--budget-minutes", type=float, default=20.0,
+                        help="CPU minutes for each vaekit model's training (the IWAE evaluation comes on top)")
+    parser.add_argument("--iw-samples", type=int, default=1000)
+    parser.add_argument("--models", default="vae", help="comma-separated vaekit models (vae, hvae)")
+    parser.add_argument("--also", action="append", default=[], metavar="'KEY=VALUE ...'",
+                        help="another vaekit VAE row with these `vaekit train` options over the defaults (repeatable), "
+                             "e.g. --also 'arch=resnet latent_dim=64'")
+    parser.add_argument("--no-latent-steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    images = photos()
+    train = np.concatenate([tiles(images[n], args.stride) for n in TRAIN_PHOTOS])
+    test = np.concatenate([tiles(images[n], TILE) for n in TEST_PHOTOS])
+    np.savez(out / "train.npz", x=train)
+    np.savez(out / "test.npz", x=test)
+    print(f"{len(train)} training tiles (stride {args.stride}) of {', '.join(TRAIN_PHOTOS)}; {len(test)} test tiles "
+          f"of {', '.join(TEST_PHOTOS)} (no photo in both); D = 3 x {TILE} x {TILE} = {test[0].size}", flush=True)
+
+    rows = codec_rows(test, [tiled_area(images[n]) for n in TEST_PHOTOS])
+    rows.append(no_latent_row(train, test, args.no_latent_steps, args.seed))
+    for line in rows:
+        print(f"  {line[0]:60s} {line[1]:7.4f} bits/dim  {line[2]:6.2f} CPU min", flush=True)
+    runs = [(model, {}) for model in filter(None, args.models.split(","))]
+    runs += [("vae", {k: _value(v) for k, v in (item.split("=", 1) for item in also.split())}) for also in args.also]
+    for model, extra in runs:
+        name, bits, minutes, info = vaekit_row(model, out / "train.npz", out / "test.npz", out, args.budget_minutes,
+                                               args.iw_samples, args.seed, extra)
+        rows.append((name, bits, minutes))
+        r = info["result"]
+        print(f"  {name:60s} {bits:7.4f} bits/dim  {minutes:6.2f} CPU min (train {info['train_minutes']:.2f}, "
+              f"IWAE {info['eval_minutes']:.2f}); -ELBO {r['neg_elbo_bits_per_dim']:.4f} bits/dim", flush=True)
+
+    print(f"\nbits/dim on {len(test)} test tiles (32x32 RGB) of photos not trained on; CPU minutes of this process")
+    print(f"| {'method':60s} | bits/dim | CPU min |\n|{'-' * 62}|---------:|--------:|")
+    for name, bits, minutes in rows:
+        print(f"| {name:60s} | {bits:8.4f} | {minutes:7.2f} |")
+
+
+if __name__ == "__main__":
+    main()
