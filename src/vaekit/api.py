@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from . import models
+from . import health, models
 from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .data import Split, binarization, load_dataset, test_targets
 from .errors import VaekitError
@@ -37,11 +37,27 @@ def dataset_defaults(options: dict) -> dict:
     return {k: v for k, v in given.items() if k not in options}
 
 
+def training_defaults(options: dict) -> dict:
+    """The settings the chosen model needs under `options` to avoid posterior collapse (its optional
+    `training_defaults(options)`, e.g. a KL warm-up with the VampPrior), where `options` leave them unset."""
+    cls = models.model_class(options.get("model", "vae"))
+    hook = getattr(cls, "training_defaults", None)
+    given = hook(options) if hook is not None else {}
+    return {k: v for k, v in given.items() if k not in options}
+
+
+def applied_defaults(options: dict) -> dict:
+    """Every setting make_configs adds to `options`: the dataset's defaults, then the model's training ones."""
+    applied = dataset_defaults(options)
+    return {**applied, **training_defaults({**applied, **options})}
+
+
 def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     """Split keyword options (fields of DataConfig, the chosen model's config, TrainConfig) into the
-    three configs, over the model's defaults for the dataset (dataset_defaults); each config checks its
-    values (types, choices, ranges) as it is built."""
-    options = {**dataset_defaults(options), **options}
+    three configs, over the model's defaults for the dataset (dataset_defaults) and those it needs to
+    avoid posterior collapse (training_defaults); each config checks its values (types, choices,
+    ranges) as it is built."""
+    options = {**applied_defaults(options), **options}
     model_config = models.model_class(options.get("model", "vae")).Config
     classes = (DataConfig, model_config, TrainConfig)
     known = {f.name: cls for cls in classes for f in dataclasses.fields(cls) if "help" in f.metadata or f.name == "model"}
@@ -85,6 +101,17 @@ def train(
 def load(run: str | Path, device: str = "cpu") -> torch.nn.Module:
     """The best model of a run folder, in eval mode."""
     return ckpt.load_model(Path(run), resolve_device(device))
+
+
+def diagnose(run: str | Path, device: str = "cpu") -> list[str]:
+    """Lines on a run that failed quietly (posterior collapse, a dead classifier, a flat loss; health.py),
+    from its training: the best epoch's validation terms and the active units of its test codes."""
+    model = load(run, device)
+    split, data_cfg, mode = evaluation_data(run)
+    test = test_targets(split, data_cfg.split_seed, mode, next(iter(model.parameters())).device)
+    metrics = ckpt.read_metrics(Path(run))
+    numbers = health.training_numbers(model, metrics, test.x, test.y)
+    return [f.line() for f in health.check(numbers, metrics, model.num_classes)]
 
 
 def evaluation_data(run: str | Path, dataset: str | None = None, data: str | None = None, data_dir: str | None = None):
@@ -154,4 +181,6 @@ def evaluate(
     if m1 is not None:  # named apart when the model classifies too (M1 fitted on a run of a model that classifies)
         key = "m1_label_error" if "label_error" in result else "label_error"
         result[key], result[f"{key}_se"] = m1
+    # runs that failed quietly: posterior collapse, a dead classifier, a loss that never fell (health.py)
+    result["warnings"] = [f.line() for f in health.check(result, ckpt.read_metrics(Path(run)), model.num_classes)]
     return result

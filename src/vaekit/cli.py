@@ -159,7 +159,7 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import dataset_defaults, train
+    from .api import dataset_defaults, train, training_defaults
     from .train import Interrupted
 
     if args.resume and args.out and Path(args.out) != Path(args.resume):
@@ -168,17 +168,33 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise VaekitError("--out RUN is required: the folder to write the run into")
     out = Path(args.resume or args.out)
     options = config_options(args)
-    applied = {} if args.resume else dataset_defaults(options)
-    if applied and os.environ.get("RANK", "0") == "0":
-        shown = " ".join(flag(k) if v is True else f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
-                         for k, v in applied.items())
-        print(f"vaekit: the defaults on {options['dataset']}: {shown} (a flag overrides each; naming --arch conv or mlp: the built-in ones)")
+    if not args.resume and os.environ.get("RANK", "0") == "0":
+        def shown(settings: dict) -> str:
+            return " ".join(flag(k) if v is True else f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
+                            for k, v in settings.items())
+
+        applied = dataset_defaults(options)
+        if applied:
+            print(f"vaekit: the defaults on {options['dataset']}: {shown(applied)} (a flag overrides each; naming "
+                  "--arch conv or mlp: the built-in ones)")
+        needed = training_defaults({**applied, **options})
+        if needed:
+            print(f"vaekit: against posterior collapse this model trains with {shown(needed)} (a flag overrides it)")
     try:
         train(out, overwrite=args.overwrite, resume=bool(args.resume), tensorboard=args.tensorboard, **options)
     except Interrupted as e:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        from .api import diagnose
+        from .checkpoint import read_metrics
+        from .progress import summary
+
+        done = summary(read_metrics(out))
+        if done:
+            print(f"vaekit: {done}")
+        for line in diagnose(out):
+            print(f"vaekit: warning: {line}", file=sys.stderr)
         print(f"run written to {out}; next: vaekit evaluate {out}")
     return 0
 
@@ -194,6 +210,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log=lambda message: print(f"vaekit: {message}", file=sys.stderr, flush=True),
     )
     print(json.dumps(result, allow_nan=False) if args.json else format_report(result))
+    for line in result.get("warnings", []):
+        print(f"vaekit: warning: {line}", file=sys.stderr)
     key = result.get("dataset", "test") + (f", first {args.limit} images" if args.limit else "")
     _add_to_report(Path(args.run), result, key)
     return 0
@@ -206,7 +224,10 @@ def _add_to_report(run: Path, result: dict, key: str) -> None:
     from .report import write_report
 
     try:
-        save_evaluation(run, result, key)
+        replaced = save_evaluation(run, result, key)
+        if replaced is not None:
+            print(f"vaekit: evaluation.json now holds K = {result['iw_samples']} for {key}; the K = {replaced} "
+                  f"numbers stay in {run / f'evaluation-K{replaced}.json'}", file=sys.stderr)
         write_report(run)
     except (VaekitError, OSError) as e:
         print(f"vaekit: warning: the report in {run} was not updated: {e}", file=sys.stderr)

@@ -39,6 +39,8 @@ from .data import VAL_SEED_OFFSET, DeviceData, EpochPlan, ImageDataset, binariza
 from .data import load_dataset, test_targets, training_targets
 from .errors import Terminated, VaekitError
 from .objectives import BOUND_NAMES, selected_bound
+from .progress import EpochLines
+from .progress import wanted as progress_lines
 from .tensorboard import TensorBoardLog
 
 __all__ = ["fit", "epoch_order", "resolve_device", "train_step", "speedups", "validate", "Interrupted"]
@@ -269,6 +271,7 @@ class Training:
     val_data: DeviceData
     plan: EpochPlan
     board: TensorBoardLog | None = None  # --tensorboard DIR
+    lines: EpochLines | None = None  # off a terminal: a line per epoch (progress.py)
 
     @property
     def total_steps(self) -> int:
@@ -468,6 +471,7 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
     resuming = resume and (out / ckpt.LAST).is_file()
     t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not resuming)
     t.board = board
+    t.lines = EpochLines(t.cfg.epochs) if group.is_main and progress_lines(progress) else None
     state = TrainState(best={k: v.detach().clone() for k, v in t.model.state_dict().items()})
     if resuming:
         state = TrainState.restore(t)
@@ -589,6 +593,8 @@ def end_epoch(t: Training, state: TrainState, timing: dict, bar: tqdm) -> None:
             "seconds": time.perf_counter() - timing["start"],
         }
         ckpt.append_metrics(t.out, record)
+        if t.lines is not None:
+            t.lines.epoch(record, state.bound)
         if t.board is not None:
             t.board.epoch(record, t.averaged)
     state.save(t)

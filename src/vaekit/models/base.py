@@ -32,6 +32,14 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
                                       of its prior, a categorical variable over its K categories. Axis
                                       a is column a of bounds()' "kl_per_dim" (to order the rows by KL)
     metrics(context) -> dict          numbers only this model has (e.g. the judge of conditional samples)
+    names (optional)                  {term: what it measures}, over NAMES: e.g. the CVAE's nll is -log p(x|c);
+                                      "axis" names one latent axis ("dimension", "variable")
+    axis_size (optional)              code dimensions per latent axis (default 1; a categorical variable of K
+                                      categories: K); active units and per-axis numbers count axes
+
+encode, decode, sample, reconstruct and traversal follow the caller's grad mode (torch.no_grad() or
+not), so gradients reach z or the weights where the caller asks; the pictures, the report and the
+explorer call them under torch.no_grad().
 """
 
 from __future__ import annotations
@@ -47,6 +55,20 @@ from ..config import ModelConfig
 from ..errors import VaekitError
 
 LABEL_NEEDS = ("none", "all", "some")
+
+# What the evaluation terms measure, for a model that draws without a class; a model's `names` replace some.
+NAMES = {"neg_elbo": "-ELBO", "recon": "-E_q[log p(x|z)]", "kl": "KL(q(z|x) || p(z))", "nll": "-log p(x)",
+         "axis": "dimension"}
+
+
+def names_of(model) -> dict[str, str]:
+    """What each evaluation term of this model measures (NAMES, with the model's own `names`)."""
+    return {**NAMES, **getattr(model, "names", {})}
+
+
+def axis_size(model) -> int:
+    """Code dimensions per latent axis of this model (its `axis_size`, default 1)."""
+    return int(getattr(model, "axis_size", 1))
 
 
 @dataclass

@@ -73,11 +73,21 @@ class CategoricalConfig(ModelConfig):
 class CategoricalVAE(nn.Module):
     Config = CategoricalConfig
     labels = "none"
+    axis_size = 0  # set per instance: a latent axis is one variable, its K one-hot dimensions
+    names = {"axis": "variable"}
+
+    @staticmethod
+    def training_defaults(options: dict) -> dict:
+        """A KL warm-up over 100 epochs: the exact KL pulls every q(z_g|x) onto the uniform prior before the
+        decoder has learnt to read the codes, and a run can end in posterior collapse (KL near 0, no
+        active variable; see health.py). Not for a fine-tuning (--init-from)."""
+        return {} if options.get("init_from") else {"kl_warmup": 100.0}
 
     def __init__(self, cfg: CategoricalConfig):
         super().__init__()
         self.cfg = cfg
         self.groups, self.categories = cfg.groups, cfg.categories
+        self.axis_size = cfg.categories
         self.encoder = make_classifier(cfg, cfg.groups * cfg.categories)  # x -> logits (B, G*K)
         self.decoder = make_decoder(cfg, cfg.groups * cfg.categories)  # z (B, G*K) -> pixels
         # The reinforce baseline: an exponential moving average of the batch-mean reconstruction term,

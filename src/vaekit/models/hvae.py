@@ -45,6 +45,7 @@ class HVAEConfig(ModelConfig):
 class HVAE(nn.Module):
     Config = HVAEConfig
     labels = "none"
+    names = {"recon": "-E_q[log p(x|z1,z2)]", "kl": "KL(q(z1,z2|x) || p(z1,z2))"}
 
     def __init__(self, cfg: HVAEConfig):
         super().__init__()

@@ -66,6 +66,16 @@ class VAE(nn.Module):
     dataset_defaults = {"fashion-mnist": dict(arch="mlp", hidden=300, hidden_layers=2, gated=True, latent_dim=40,
                                               batch_size=100, lr=1e-3, kl_warmup=10.0, epochs=150)}
 
+    @staticmethod
+    def training_defaults(options: dict) -> dict:
+        """--prior vamp: a KL warm-up over 100 epochs (the VampPrior paper's). Without it q(z|x) moves onto
+        the prior, itself a mixture of posteriors, and the run collapses: on digits at the default 600
+        epochs 0 of 16 active units and -log p(x) 26.9 nats, against 16 of 16 and 21.7 with it. Not for
+        the IWAE bound (--train-samples > 1, no KL weight) nor a fine-tuning (--init-from)."""
+        if options.get("prior") != "vamp" or options.get("train_samples", 1) > 1 or options.get("init_from"):
+            return {}
+        return {"kl_warmup": 100.0}
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -184,6 +194,9 @@ class CVAE(VAE):
 
     Config = CVAEConfig
     labels = "all"
+    # its terms are conditional on the class c: not comparable with an unconditional model's -log p(x)
+    names = {"neg_elbo": "-ELBO(x|c)", "recon": "-E_q[log p(x|z,c)]", "kl": "KL(q(z|x,c) || p(z|c))",
+             "nll": "-log p(x|c)"}
     dataset_defaults: dict = {}  # measured for the unconditional VAE only
 
     def __init__(self, cfg: CVAEConfig):
