@@ -1,0 +1,180 @@
+"""What a user sees (issue 31): runs that fail quietly are flagged, output names what it measures, the
+Python API serves research code. The browser checks of the report and the explorer are in test_browser.py."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vaekit
+from vaekit import api, health
+from vaekit.checkpoint import LOCK, RunLock
+from vaekit.cli import main
+from vaekit.evaluate import evaluate as evaluate_model
+from vaekit.evaluate import format_report
+from vaekit.models import CVAE, CategoricalVAE
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(dataset="digits", width=4, hidden=16, latent_dim=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return vaekit.train(tmp_path_factory.mktemp("runs") / "tiny", epochs=2, **TINY)
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path):
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+# ---- runs that fail quietly
+
+
+def test_health_checks_name_each_failure():
+    healthy = {"kl": 5.2, "active_units": 10, "latent_axes": 16, "label_error": 0.1}
+    assert health.check(healthy, num_classes=10) == []
+    collapsed = health.check({"kl": 0.010, "active_units": 0, "latent_axes": 16})
+    assert [f.kind for f in collapsed] == ["collapse"]
+    assert "0 of 16 active units" in collapsed[0].line() and "--kl-warmup" in collapsed[0].line()
+    assert [f.kind for f in health.check({"kl": 3.0, "active_units": 0})] == ["collapse"]
+    dead = health.check({"label_error": 0.89}, num_classes=10)
+    assert [f.kind for f in dead] == ["dead-classifier"] and "chance is 0.900" in dead[0].line()
+    flat = [{"epoch": e, "val_neg_elbo": 30.0} for e in (1, 2, 3)]
+    assert [f.kind for f in health.check({}, flat)] == ["flat-loss"]
+    falling = [{"epoch": e, "val_neg_elbo": 30.0 - e} for e in (1, 2, 3)]
+    assert health.check({}, falling) == []
+
+
+def test_a_collapsed_run_is_flagged_after_training_in_evaluate_and_in_the_report(tmp_path, capsys):
+    out = tmp_path / "collapsed"  # a KL weight of 50 pushes every q(z|x) onto the prior
+    assert main(["train", "--dataset", "digits", "--out", str(out), "--epochs", "2", "--width", "4", "--hidden", "16",
+                 "--latent-dim", "2", "--beta", "50"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("vaekit: warning: posterior collapse") == 1, err
+    text = (out / "report.html").read_text()
+    assert 'id="warnings"' in text and "posterior collapse" in text
+    assert text.index('id="warnings"') < text.index("<h2>Config</h2>")  # a banner at the top
+    assert main(["evaluate", str(out), "--iw-samples", "2"]) == 0
+    out_text, err = capsys.readouterr()
+    assert err.count("vaekit: warning: posterior collapse") == 1
+    assert json.loads((out / "evaluation.json").read_text())["digits"]["warnings"]
+    assert 'id="warnings"' in (out / "report.html").read_text()
+
+
+def test_defaults_avoid_the_collapse_where_a_model_needs_them():
+    def warmup(**options):
+        return api.make_configs(**options)[2].kl_warmup
+
+    assert warmup() == 0.0  # the plain VAE keeps its defaults
+    assert warmup(prior="vamp") == 100.0
+    assert warmup(prior="vamp", kl_warmup=0.0) == 0.0  # a flag overrides it
+    assert warmup(prior="vamp", train_samples=10) == 0.0  # the IWAE bound has no KL weight
+    assert warmup(prior="mixture") == 0.0
+    assert warmup(model="categorical") == 100.0
+    assert warmup(model="categorical", estimator="reinforce", groups=30, categories=4) == 100.0
+    assert warmup(model="cvae") == 0.0
+
+
+def test_the_cli_says_which_defaults_it_added(tmp_path, capsys, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(api, "fit", lambda d, m, t, out, **kw: seen.setdefault("train", t) and Path(out))
+    monkeypatch.setattr(api, "diagnose", lambda run: [])
+    main(["train", "--prior", "vamp", "--dataset", "digits", "--out", str(tmp_path / "v")])
+    assert "against posterior collapse this model trains with --kl-warmup 100" in capsys.readouterr().out
+    assert seen["train"].kl_warmup == 100.0
+
+
+# ---- output that names what it measures
+
+
+def test_a_conditional_model_names_its_conditional_terms():
+    model = CVAE(CVAE.Config(image_shape=(1, 8, 8), latent_dim=3, width=4, hidden=16, num_classes=3)).eval()
+    x = torch.rand(6, 1, 8, 8).bernoulli()
+    result = evaluate_model(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), iw_samples=2)
+    text = format_report(result)
+    assert "-log p(x|c) IWAE" in text and "KL(q(z|x,c) || p(z|c))" in text
+    assert "-log p(x) IWAE" not in text and "KL(q(z|x) || p(z))" not in text
+    assert result["names"]["nll"] == "-log p(x|c)"
+    html = vaekit.report.evaluation_table("digits", result)
+    assert "−log p(x|c)" in html and "−log p(x), IWAE" not in html
+
+
+def test_active_units_count_what_the_model_has_and_say_what_they_are():
+    model = CategoricalVAE(CategoricalVAE.Config(image_shape=(1, 8, 8), width=4, hidden=16, groups=5,
+                                                 categories=4)).eval()
+    result = evaluate_model(model, torch.rand(8, 1, 8, 8).bernoulli(), iw_samples=2)
+    assert result["latent_axes"] == 5 and result["latent_dim"] == 20
+    assert len(result["posterior_mean_variance"]) == 5 and len(result["kl_per_dim"]) == 5
+    text = format_report(result)
+    assert f"{result['active_units']} of 5 variables" in text and "a variable is active when" in text
+    assert "KL per variable" in text
+
+
+def test_an_evaluation_with_another_k_keeps_the_earlier_one(run, capsys):
+    assert main(["evaluate", str(run), "--iw-samples", "3"]) == 0
+    first = json.loads((run / "evaluation.json").read_text())["digits"]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--iw-samples", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "the K = 3 numbers stay in" in err
+    assert json.loads((run / "evaluation.json").read_text())["digits"]["iw_samples"] == 2  # the latest
+    assert json.loads((run / "evaluation-K3.json").read_text())["digits"] == first
+    assert json.loads((run / "evaluation-K2.json").read_text())["digits"]["iw_samples"] == 2
+    text = (run / "report.html").read_text()
+    assert 'data-k="2"' in text and 'data-source="evaluation-K3:digits"' in text  # which K each number used
+
+
+def test_an_evaluation_of_an_older_run_keeps_its_k_too(run, capsys):
+    old = {"digits": {"dataset": "digits", "iw_samples": 1000, "nll": 25.0, "n_images": 359}}
+    (run / "evaluation.json").write_text(json.dumps(old))  # vaekit <= 0.2 kept only evaluation.json
+    assert main(["evaluate", str(run), "--iw-samples", "2", "--json"]) == 0
+    assert json.loads((run / "evaluation-K1000.json").read_text()) == old
+
+
+def test_off_a_terminal_training_prints_a_line_per_epoch_and_a_summary(tmp_path):
+    out = tmp_path / "piped"
+    done = subprocess.run([sys.executable, "-m", "vaekit", "train", "--dataset", "digits", "--out", str(out),
+                           "--epochs", "2", "--width", "4", "--hidden", "16", "--latent-dim", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("vaekit: epoch 1/2, train -ELBO") for line in lines), lines
+    assert any(line.startswith("vaekit: epoch 2/2") and "validation -ELBO" in line for line in lines), lines
+    summary = next(line for line in lines if line.startswith("vaekit: trained 2 epochs in "))
+    assert "best validation -ELBO" in summary and "at epoch" in summary
+    assert not (out / LOCK).exists()  # a finished run leaves no lock behind
+
+
+def test_a_lock_removed_by_its_holder_is_not_shared(tmp_path):
+    out = tmp_path / "run"
+    with RunLock(out):
+        assert (out / LOCK).is_file()
+    assert not (out / LOCK).exists()
+    with RunLock(out), pytest.raises(vaekit.VaekitError, match="in use by another vaekit process"):
+        with RunLock(out):
+            pass
+
+
+def test_one_version_in_one_place(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"vaekit {importlib.metadata.version('vaekit')}"
+    assert vaekit.__version__ == importlib.metadata.version("vaekit")
+    assert "version =" not in (ROOT / "pyproject.toml").read_text().split("[project]")[1].split("[")[0]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_demo_says_what_to_do_next():
+    recipe = subprocess.run(["make", "-n", "demo"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "MAKEFLAGS": ""}).stdout
+    assert "source .venv/bin/activate" in recipe
+    assert "report.html" in recipe and "vaekit explore runs/digits" in recipe
