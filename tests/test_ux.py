@@ -178,3 +178,50 @@ def test_make_demo_says_what_to_do_next():
                             env={**os.environ, "MAKEFLAGS": ""}).stdout
     assert "source .venv/bin/activate" in recipe
     assert "report.html" in recipe and "vaekit explore runs/digits" in recipe
+
+
+# ---- the Python API for research code
+
+
+def test_model_methods_follow_the_callers_grad_mode(tiny_run):
+    model = vaekit.load(tiny_run)
+    z = torch.zeros(3, 2, requires_grad=True)
+    model.decode(z).sum().backward()  # latent optimisation: the gradient reaches z
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    x = torch.rand(4, 1, 8, 8)
+    model.zero_grad()
+    model.encode(x).sum().backward()  # gradient probes of the weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    for images in (model.sample(2), model.reconstruct(x)):
+        assert images.requires_grad
+    with torch.no_grad():  # the caller's choice is kept
+        assert not model.decode(z).requires_grad
+    # the conveniences of the API never record a graph
+    for images in (vaekit.sample(model, 2), vaekit.decode(model, z), vaekit.reconstruct(model, x), vaekit.encode(model, x)):
+        assert not images.requires_grad
+
+
+def test_decode_gives_the_mean_image_or_a_drawn_one(tiny_run):
+    model = vaekit.load(tiny_run)
+    z = torch.zeros(5, 2)
+    mean = vaekit.decode(model, z)
+    assert torch.equal(mean, vaekit.decode(model, z))  # the mean image is deterministic
+    assert not set(mean.unique().tolist()) <= {0.0, 1.0}  # grey levels: probabilities
+    torch.manual_seed(1)
+    drawn = vaekit.decode(model, z, draw=True)
+    assert drawn.shape == mean.shape and set(drawn.unique().tolist()) <= {0.0, 1.0}  # Bernoulli draws
+
+
+def test_load_data_returns_the_runs_splits(tiny_run):
+    data = vaekit.load_data(tiny_run)
+    assert set(data) == {"train", "val", "test"}
+    x, y = data["test"].tensors
+    assert x.dtype == torch.float32 and x.shape[1:] == (1, 8, 8) and 0 <= x.min() and x.max() <= 1
+    assert len(x) == len(y) == 359
+    assert sum(len(d) for d in data.values()) == 1797
+    # the same test images evaluate() and the report use
+    split, _, _ = api.evaluation_data(tiny_run)
+    assert torch.equal(split.to_float(), x)
+    loader = torch.utils.data.DataLoader(data["train"], batch_size=32)
+    xb, yb = next(iter(loader))
+    assert xb.shape == (32, 1, 8, 8) and yb.shape == (32,)

@@ -4,7 +4,12 @@
     run = vaekit.train("runs/digits", dataset="digits", epochs=50)
     report = vaekit.evaluate(run, iw_samples=1000)      # dict: neg_elbo, nll, active_units, ...
     model = vaekit.load(run)                            # the model in eval mode
-    images = model.sample(16)                           # (16, C, H, W) in [0, 1]
+    data = vaekit.load_data(run)                        # {"train", "val", "test"}: torch TensorDatasets (x, y)
+    images = vaekit.sample(model, 16)                   # (16, C, H, W) in [0, 1], without autograd
+
+The model's own methods (model.encode, decode, sample, reconstruct) follow the caller's grad mode, so
+gradients reach z or the weights (latent optimisation, gradient probes); the functions here are their
+no-grad conveniences.
 """
 
 from __future__ import annotations
@@ -112,6 +117,44 @@ def diagnose(run: str | Path, device: str = "cpu") -> list[str]:
     metrics = ckpt.read_metrics(Path(run))
     numbers = health.training_numbers(model, metrics, test.x, test.y)
     return [f.line() for f in health.check(numbers, metrics, model.num_classes)]
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, n: int, labels=None) -> torch.Tensor:
+    """n mean images E[x|z], z drawn from the prior, without autograd: (n, C, H, W) in [0, 1]."""
+    return model.sample(n, labels=labels)
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The posterior means E[z|x] of images x: (B, C, H, W), without autograd: (B, D)."""
+    return model.encode(x, y)
+
+
+@torch.no_grad()
+def decode(model: torch.nn.Module, z: torch.Tensor, labels=None, *, draw: bool = False) -> torch.Tensor:
+    """Images of latent points z: (B, D), without autograd: the mean image E[x|z] (draw=True: x ~ p(x|z))."""
+    return model.decode(z, labels, draw=draw)
+
+
+@torch.no_grad()
+def reconstruct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """E[x | z = E[z|x]] of images x, without autograd: (B, C, H, W) in [0, 1]."""
+    return model.reconstruct(x, y)
+
+
+def load_data(run: str | Path) -> dict[str, torch.utils.data.TensorDataset]:
+    """The train, validation and test splits a run used, as torch TensorDatasets of (x, y): x (N, C, H, W)
+    float32 grey levels in [0, 1] (binarize them as the model does: x.bernoulli() for a Bernoulli
+    likelihood), y (N,) int64 labels, -1 where unknown (as in training: --labels-per-class keeps only
+    some); an unlabelled dataset has y = -1 everywhere."""
+    data_cfg, _, _ = ckpt.read_config(Path(run))
+    source = load_dataset(data_cfg)
+    out = {}
+    for name, split in (("train", source.train), ("val", source.val), ("test", source.test)):
+        y = split.y if split.y is not None else torch.full((len(split.x),), -1, dtype=torch.long)
+        out[name] = torch.utils.data.TensorDataset(split.to_float(), y)
+    return out
 
 
 def evaluation_data(run: str | Path, dataset: str | None = None, data: str | None = None, data_dir: str | None = None):

@@ -159,7 +159,8 @@ def predict_csv(run: Path, data: str | None = None) -> str:
         classes = classifier.classes_
     elif hasattr(model, "predict_proba"):
         x = test_targets(split, data_cfg.split_seed, mode, "cpu").x
-        probs = torch.cat([model.predict_proba(xb) for xb in x.split(1024)]).double().numpy()
+        with torch.no_grad():
+            probs = torch.cat([model.predict_proba(xb) for xb in x.split(1024)]).double().numpy()
         classes = np.arange(probs.shape[1])
     else:
         raise VaekitError(f"{run} does not classify: train with --model m2, or fit M1 with `vaekit m1 {run}`")

@@ -66,6 +66,7 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+@torch.no_grad()
 def sample_grid(model, n: int = 64) -> Image.Image:
     """An 8-wide grid of samples; for a model that draws classes, one row per class."""
     if model.num_classes:
@@ -76,6 +77,7 @@ def sample_grid(model, n: int = 64) -> Image.Image:
     return image_grid(model.sample(n), nrow=8)
 
 
+@torch.no_grad()
 def reconstruction_grid(model, x: torch.Tensor, y: torch.Tensor | None, n: int = 16) -> Image.Image:
     """Pairs of rows: originals above their reconstructions."""
     x, y = x[:n], None if y is None else y[:n]
@@ -87,6 +89,7 @@ def reconstruction_grid(model, x: torch.Tensor, y: torch.Tensor | None, n: int =
     return image_grid(torch.cat(rows), nrow=per_row)
 
 
+@torch.no_grad()
 def analogy_grid(model, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> Image.Image:
     """Rows = source test images; column 0 the image itself, then its code E[z|x, y] decoded as class 0..K-1
     (style transfer: the image's style drawn as every class)."""
@@ -108,6 +111,7 @@ def axis_kl(model, x: torch.Tensor, y: torch.Tensor | None, axes: int) -> np.nda
     return kl.double().mean(0).cpu().numpy()
 
 
+@torch.no_grad()
 def traversal_grid(model, x: torch.Tensor, y: torch.Tensor | None, steps: int = 9, max_rows: int = 16) -> Image.Image:
     """A test image's code walked along each latent axis (model.traversal), one row per axis, the axes
     with the most KL over the images x first (axis_kl; at most max_rows). A model that draws classes
@@ -203,6 +207,7 @@ def picture_names(model) -> tuple[str, ...]:
             + (("analogy.png",) if model.num_classes else ()) + ("curves.png",))
 
 
+@torch.no_grad()
 def run_pictures(out: Path, model, test, seed: int) -> dict[str, bytes]:
     """Write the picture_names() of a trained run (test: DeviceData); returns them as PNG bytes."""
     device = test.x.device

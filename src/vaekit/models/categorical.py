@@ -40,7 +40,7 @@ from torch.distributions import Categorical, Independent
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from ..config import ModelConfig, _opt
-from ..distributions import likelihood_mean, pixel_likelihood
+from ..distributions import likelihood_image, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_classifier, make_decoder
 from ..objectives import iwae_bound
@@ -204,7 +204,6 @@ class CategoricalVAE(nn.Module):
         return {}
 
     # ---- uses
-    @torch.no_grad()
     def sample(self, n: int, labels: object = None) -> torch.Tensor:
         """n images E[x|z], z drawn from the uniform prior: (n, C, H, W) in [0, 1]."""
         n = check_count(n)
@@ -212,7 +211,6 @@ class CategoricalVAE(nn.Module):
         index = torch.randint(self.categories, (n, self.groups), device=self.baseline_mean.device)
         return likelihood_mean(self.likelihood(self._onehot(index)))
 
-    @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The posterior mean of the one-hot code, q(z_g = k | x): (B, G*K)."""
         return self.posterior_logits(x).exp().flatten(1)
@@ -221,20 +219,18 @@ class CategoricalVAE(nn.Module):
         """The most probable category of each variable of codes z: (B, G*K) -> one-hot (B, G*K)."""
         return self._onehot(z.view(len(z), self.groups, self.categories).argmax(-1))
 
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z = the mode of q(z|x)]: (B, C, H, W)."""
         return likelihood_mean(self.likelihood(self._mode(self.encode(x))))
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, labels: object = None) -> torch.Tensor:
-        """E[x | z] for codes z: (B, G*K), one-hot per variable (or a point of each simplex)."""
+    def decode(self, z: torch.Tensor, labels: object = None, *, draw: bool = False) -> torch.Tensor:
+        """The mean image E[x | z] of codes z: (B, G*K), one-hot per variable (or a point of each simplex);
+        draw=True: an image drawn from p(x|z)."""
         class_labels(labels, len(z), 0, z.device)
         if z.dim() != 2 or z.shape[1] != self.groups * self.categories:
             raise VaekitError(f"codes must have shape (n, {self.groups * self.categories}), got {tuple(z.shape)}")
-        return likelihood_mean(self.likelihood(z.float()))
+        return likelihood_image(self.likelihood(z.float()), draw)
 
-    @torch.no_grad()
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
         """The mode of code z: (D,), with each variable set to each of its K categories: (G, K, D)."""
         base = self._mode(z[None])[0].view(self.groups, self.categories)

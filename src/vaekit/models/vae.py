@@ -29,7 +29,7 @@ from torch.distributions import Distribution, Independent
 
 from ..autoregressive import AutoregressiveBernoulli, PixelContext
 from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_mean, pixel_likelihood
+from ..distributions import diagonal_gaussian, likelihood_image, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_networks
 from ..objectives import elbo, gaussian_latent_bounds, iwae_objective
@@ -149,7 +149,6 @@ class VAE(nn.Module):
         return {}
 
     # ---- uses
-    @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
         """n images E[x|z,c], z ~ p(z[|c]): (n, C, H, W) in [0, 1]. A CVAE needs `labels` (one int or n ints)."""
         n = check_count(n)
@@ -158,24 +157,22 @@ class VAE(nn.Module):
         z = prior.sample(() if prior.batch_shape else (n,))  # (n, D)
         return likelihood_mean(self.likelihood(z, c))
 
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z = posterior mean]: (B, C, H, W) in [0, 1]."""
         c = y if self.num_classes else None
         return likelihood_mean(self.likelihood(self.posterior(x, c).mean, c))
 
-    @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The posterior mean E[z | x[, c]]: (B, D)."""
         return self.posterior(x, y if self.num_classes else None).mean
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
-        """E[x | z[, c]] for latent points z: (B, D) -> (B, C, H, W) in [0, 1]."""
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None, *,
+               draw: bool = False) -> torch.Tensor:
+        """Images of latent points z: (B, D) -> (B, C, H, W) in [0, 1]: the mean image E[x | z[, c]], or with
+        draw=True an image drawn from p(x | z[, c])."""
         c = class_labels(labels, len(z), self.num_classes, z.device)
-        return likelihood_mean(self.likelihood(z, c))
+        return likelihood_image(self.likelihood(z, c), draw)
 
-    @torch.no_grad()
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
         """Each dimension of z: (D,) over its prior's quantiles: (D, steps, D)."""
         return gaussian_traversal(z, steps)
