@@ -200,6 +200,36 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 LABELLED = "labelled.json"
+CLASSES = "classes.json"  # the class names of a dataset that has them (an image folder's subfolders)
+
+
+def save_class_names(folder: Path, names: list[str]) -> None:
+    atomic_write(Path(folder) / CLASSES, (json.dumps(list(names)) + "\n").encode())
+
+
+def class_names(folder: Path, num_classes: int) -> list[str]:
+    """The names of a run's classes: classes.json where the dataset named them, else "0".."K-1"."""
+    path = Path(folder) / CLASSES
+    if not path.is_file():
+        return [str(k) for k in range(num_classes)]
+    try:
+        names = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise VaekitError(f"{path} is not a JSON list of class names ({e}): delete it to use the class numbers") from None
+    if not isinstance(names, list) or len(names) != num_classes or not all(isinstance(n, str) for n in names):
+        raise VaekitError(f"{path} must be a JSON list of {num_classes} class names: delete it to use the class numbers")
+    return names
+
+
+def class_index(folder: Path, num_classes: int, label: str) -> int:
+    """The class a user named: by its name (classes.json), else by its number."""
+    names = class_names(folder, num_classes)
+    if label in names:
+        return names.index(label)
+    if label.strip().lstrip("-").isdigit() and len(label.strip()) < 10:
+        return int(label)
+    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    raise VaekitError(f"--label {label!r} is not a class of this run: use one of {shown}")
 
 
 def save_labelled(folder: Path, source_index: torch.Tensor, labels: torch.Tensor) -> None:

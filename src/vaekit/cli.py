@@ -124,7 +124,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("sample", help="draw images from the model")
     p.add_argument("run", help="run folder")
     p.add_argument("--n", type=_number(int), default=64, help="number of images (default: 64)")
-    p.add_argument("--label", type=_number(int), help="class to draw (models that draw classes)")
+    p.add_argument("--label", help="class to draw, by name (an image folder's subfolder) or number (models that draw classes)")
     p.add_argument("--out", required=True, help="image file to write (.png, .jpg, .webp, ...)")
     p.add_argument("--seed", type=_number(int), default=0)
 
@@ -261,6 +261,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
+    from .checkpoint import class_index, class_names
     from .plots import image_grid, sample_grid, save_image
 
     if args.n < 1:
@@ -269,10 +270,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.label is not None and not model.num_classes:
         raise VaekitError(f"--label needs a model that draws classes, and {args.run} does not (train with --model cvae or m2)")
     torch.manual_seed(args.seed)
+    names = class_names(Path(args.run), model.num_classes)
     if model.num_classes and args.label is None:
-        picture = sample_grid(model)
+        picture = sample_grid(model, names=names)
     else:
-        picture = image_grid(model.sample(args.n, labels=args.label), nrow=min(args.n, 8))
+        label = None if args.label is None else class_index(Path(args.run), model.num_classes, args.label)
+        with torch.no_grad():
+            picture = image_grid(model.sample(args.n, labels=label), nrow=min(args.n, 8))
     print(save_image(args.out, picture))
     return 0
 

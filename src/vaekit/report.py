@@ -33,6 +33,7 @@ REPORT = "report.html"
 MAP_IMAGES = 2000  # test images on the map (as latent.png)
 SWEEP_STEPS, TRAVERSAL_STEPS, INTERPOLATION_STEPS, PAIRS = 10, 9, 10, 6
 MAX_TRAVERSAL_ROWS = 32
+UNUSED_KL = 0.01  # nats: a traversal row of an axis with less KL is not drawn (the decoder ignores that axis)
 
 # The numbers of an evaluation shown first, in this order (named by what the model measures: its
 # `names`, models/base.py); every other number follows by name.
@@ -226,10 +227,11 @@ def _labels_for(model, y: torch.Tensor | None, n: int, device) -> torch.Tensor |
     return y.clamp(min=0)
 
 
-def map_section(model, plane: LatentMap, y: torch.Tensor | None) -> str:
+def map_section(model, plane: LatentMap, y: torch.Tensor | None, names: list[str] | None = None) -> str:
     how = {"raw": "the two latent dimensions themselves", "pca": "the first two principal components of the codes",
            "tsne": "t-SNE of the codes"}[plane.method]
-    fig = plots.latent_plot(plane.points, y, plane.xlabel, plane.ylabel)
+    names = names or [str(c) for c in range(model.num_classes)]
+    fig = plots.latent_plot(plane.points, y, plane.xlabel, plane.ylabel, names)
     parts = ["<h2>Latent space</h2>", _figure(plots.figure_png(fig), f"posterior means E[z|x] of {len(plane.points)} "
                                               f"test images, coloured by label: {how}", "plot")]
     device = model_device(model)
@@ -241,7 +243,7 @@ def map_section(model, plane: LatentMap, y: torch.Tensor | None) -> str:
         figures = []
         for c in range(model.num_classes):
             grid = plots.image_grid(model.decode(z, torch.full((len(z),), c, device=device)), nrow=SWEEP_STEPS, min_cell=16)
-            figures.append(_figure(plots.png_bytes(grid), f"class {c}"))
+            figures.append(_figure(plots.png_bytes(grid), f"class {html.escape(names[c])}"))
         parts.append(f'<p>{caption}, drawn as each class:</p><div class="gallery">{"".join(figures)}</div>')
     else:
         parts.append(_figure(plots.png_bytes(plots.image_grid(model.decode(z), nrow=SWEEP_STEPS)), caption))
@@ -282,7 +284,9 @@ def reconstruction_section(model, x: torch.Tensor, y: torch.Tensor | None, shown
     per_row, rows = 8, []
     for start in range(0, len(x), per_row):
         rows += [p[start : start + per_row] for p in parts]
-    grid = plots.png_bytes(plots.image_grid(torch.cat(rows), nrow=per_row))
+    names = ["test image", "binarized", "reconstruction"] if len(parts) == 3 else ["test image", "reconstruction"]
+    grid = plots.png_bytes(plots.label_rows(plots.image_grid(torch.cat(rows), nrow=per_row),
+                                            names * (len(rows) // len(parts))))
     what = ("test images, the same binarized (as the model sees them), and their reconstructions E[x|z = E[z|x]]"
             if len(parts) == 3 else "test images above their reconstructions E[x|z = E[z|x]]")
     return "<h2>Reconstructions</h2>" + _figure(grid, f"groups of {len(parts)} rows: {what}")
@@ -317,11 +321,19 @@ def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: tor
     flat = walk[torch.as_tensor(rows.copy(), device=walk.device)].flatten(0, 1)
     images = model.decode(flat, None if labels is None else labels.expand(len(flat)))
     images = images.view(len(rows), walk.shape[1], *x.shape[1:])
-    table = []
+    table, unused = [], []
+    axis_name = names_of(model)["axis"]
     for row, axis in zip(images, rows):
+        if kl is not None and kl[axis] < UNUSED_KL:  # rows that do not change: one line for all of them
+            unused.append(axis + 1)
+            continue
         strip = plots.png_bytes(plots.image_grid(row, nrow=walk.shape[1]))
         kl_text = f"{kl[axis]:.3f}" if kl is not None else "n/a"
-        table.append(f'<tr><td>axis {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}", scale=2)}</td></tr>')
+        table.append(f'<tr><td>{axis_name} {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}", scale=2)}</td></tr>')
+    if unused:
+        listed = ", ".join(map(str, unused))
+        table.append(f'<tr class="unused"><td>{len(unused)} {axis_name}s</td><td class="num">&lt; {UNUSED_KL:g}</td>'
+                     f"<td>{axis_name}s {listed}: KL near 0, unused by the model (their rows would not change)</td></tr>")
     original = plots.png_bytes(plots.image_grid(shown[:1], nrow=1))
     more = f" (the {MAX_TRAVERSAL_ROWS} of most KL)" if walk.shape[0] > MAX_TRAVERSAL_ROWS else ""
     return ("<h2>Latent traversals</h2><p>Starting from the code of the test image "
@@ -350,12 +362,13 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)
         sections.append(curves_section(metrics, pictures.get("curves.png")))
-        samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model))
+        names = ckpt.class_names(run, model.num_classes)
+        samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model, names=names))
         sections.append("<h2>Samples</h2>" + _figure(samples, "E[x|z], z drawn from the prior" + (
             " (of the class), one row per class" if model.num_classes else "")))
         sections.append(reconstruction_section(model, x, y, shown))
         plane = latent_map(model.encode(x, y).cpu().numpy(), method, seed)
-        sections.append(map_section(model, plane, y))
+        sections.append(map_section(model, plane, y, names))
         sections.append(interpolation_section(model, x, y, shown))
         sections.append(traversal_section(model, x, y, shown))
     title = f"vaekit run {run.resolve().name}"

@@ -492,6 +492,8 @@ def _fit(data_cfg, model_cfg, train_cfg, out, group, overwrite, resume, progress
             ckpt.prepare_run_folder(out, overwrite)
     if group.is_main:
         ckpt.save_config(out, t.data_cfg, t.model_cfg, t.cfg)
+        if t.dataset.class_names:  # the classes by name (an image folder's subfolders)
+            ckpt.save_class_names(out, t.dataset.class_names)
         if t.plan.labelled is not None:  # exactly which training images were labelled
             ckpt.save_labelled(out, t.dataset.train.index[t.plan.labelled], t.dataset.train.y[t.plan.labelled])
     group.barrier()
