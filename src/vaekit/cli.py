@@ -115,6 +115,12 @@ def build_parser() -> Parser:
     p.add_argument("--map", default="auto", choices=("auto", "pca", "tsne"),
                    help="the latent map: auto (the two dimensions if the latent has 2, else PCA), pca or tsne")
 
+    p = sub.add_parser("plot", help="one panel of the report as a figure of its own: SVG or PDF (vector), or PNG")
+    p.add_argument("run", help="run folder")
+    p.add_argument("panel", choices=("curves", "schedules", "latent", "samples", "reconstructions", "traversal"))
+    p.add_argument("--out", required=True, help="figure file to write: .svg, .pdf, .eps or .png")
+    p.add_argument("--seed", type=_number(int), default=0, help="seed of the samples drawn (default: 0)")
+
     p = sub.add_parser("explore", help="a local web app to walk the latent space (Ctrl-C stops it)")
     p.add_argument("run", help="run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -240,6 +246,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    import torch
+
+    from .plots import panel_figure, save_figure
+
+    model = test = None
+    if args.panel not in ("curves", "schedules"):
+        from .api import load
+
+        model, test = load(args.run), _test_images(args.run)
+    torch.manual_seed(args.seed)
+    print(save_figure(Path(args.out), panel_figure(Path(args.run), args.panel, model, test)))
+    return 0
+
+
 def cmd_explore(args: argparse.Namespace) -> int:
     from .explore import load_explorer, make_server, url_of
 
@@ -346,7 +367,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "explore": cmd_explore,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "plot": cmd_plot, "explore": cmd_explore,
             "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "analogy": cmd_analogy, "m1": cmd_m1, "predict": cmd_predict, "download": cmd_download}
 

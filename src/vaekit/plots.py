@@ -286,3 +286,85 @@ def run_pictures(out: Path, model, test, seed: int) -> dict[str, bytes]:
     for name, data in pictures.items():
         ckpt.atomic_write(out / name, data)
     return pictures
+
+
+# ---- one panel as a figure of its own, for a paper: `vaekit plot RUN PANEL --out FILE.svg|.pdf|.png`
+
+PANELS = ("curves", "schedules", "latent", "samples", "reconstructions", "traversal")
+VECTOR_FORMATS = {".svg": "svg", ".pdf": "pdf", ".eps": "eps", ".png": "png"}
+
+
+def _grid_figure(images: torch.Tensor, nrow: int, row_labels: list[str], title: str) -> Figure:
+    """Images (N, C, H, W) as a grid in a matplotlib figure: the pixels a raster inside, the labels text."""
+    grid = image_grid(images, nrow=nrow, min_cell=1)
+    rows = len(row_labels)
+    fig = Figure(figsize=(0.45 * nrow + 1.6, 0.45 * rows + 0.6), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(np.asarray(grid), cmap="gray" if grid.mode == "L" else None, vmin=0, vmax=255, interpolation="nearest")
+    step = grid.height / rows
+    ax.set_yticks([(r + 0.5) * step for r in range(rows)], row_labels)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title)
+    return fig
+
+
+@torch.no_grad()
+def panel_figure(run: Path, panel: str, model=None, test=None) -> Figure:
+    """One panel of a run's pictures as a matplotlib figure (test: DeviceData of its test images)."""
+    if panel not in PANELS:
+        raise VaekitError(f"unknown panel {panel!r}: use one of {', '.join(PANELS)}")
+    metrics = ckpt.read_metrics(run)
+    if panel in ("curves", "schedules"):
+        if not metrics:
+            raise VaekitError(f"{run} has no metrics.jsonl lines to draw")
+        fig = curves_plot(metrics) if panel == "curves" else schedules_plot(metrics)
+        if fig is None:
+            raise VaekitError(f"{run} logged no schedule that changed (learning rate, KL weight, ...)")
+        return fig
+    names = ckpt.class_names(run, model.num_classes)
+    if panel == "latent":
+        from .latent_map import latent_map
+
+        x, y = test.x[:2000], None if test.y is None else test.y[:2000]
+        plane = latent_map(model.encode(x, y).cpu().numpy())
+        return latent_plot(plane.points, y, plane.xlabel, plane.ylabel, names)
+    if panel == "samples":
+        if model.num_classes:
+            labels = torch.arange(model.num_classes).repeat_interleave(10)
+            return _grid_figure(model.sample(len(labels), labels=labels.tolist()), 10,
+                                [f"class {n}" for n in names], "Samples E[x|z,c], z ~ p(z|c)")
+        return _grid_figure(model.sample(64), 8, [""] * 8, "Samples E[x|z], z ~ p(z)")
+    if panel == "reconstructions":
+        x, y = test.x[:16], None if test.y is None else test.y[:16]
+        recon = model.reconstruct(x, y)
+        rows = torch.cat([x[:8], recon[:8], x[8:], recon[8:]])
+        return _grid_figure(rows, 8, ["test image", "reconstruction"] * 2, "Reconstructions E[x|z = E[z|x]]")
+    # traversal
+    z = model.encode(test.x[:1], None if test.y is None else test.y[:1])[0]
+    walk = model.traversal(z, 9)
+    kl = axis_kl(model, test.x, test.y, len(walk))
+    order = np.argsort(-kl, kind="stable") if kl is not None else np.arange(len(walk))
+    order = order[:16]
+    label = (max(int(test.y[0]), 0) if test.y is not None else 0) if model.num_classes else None
+    images = model.decode(walk[torch.as_tensor(order.copy(), device=walk.device)].flatten(0, 1), label)
+    from .models.base import names_of
+
+    axis = names_of(model)["axis"]
+    rows = [f"{axis} {a + 1}" + (f" (KL {kl[a]:.2f})" if kl is not None else "") for a in order]
+    return _grid_figure(images, walk.shape[1], rows, "Latent Traversals, Most KL First")
+
+
+def save_figure(path: Path, fig: Figure) -> Path:
+    """Write a figure in the format its name says (.svg, .pdf, .eps: vector; .png), atomically."""
+    path = Path(path)
+    fmt = VECTOR_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise VaekitError(f"{path}: cannot tell the figure format from '{path.suffix}': use one of "
+                          f"{', '.join(VECTOR_FORMATS)}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=200, bbox_inches="tight")
+    ckpt.atomic_write(path, buf.getvalue())
+    return path
