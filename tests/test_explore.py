@@ -99,7 +99,7 @@ def test_a_test_image_and_interpolation(vae_url):
     ("/api/decode", {}, "either z"),
     ("/api/decode", {"point": [1.0]}, "2 numbers"),
     ("/api/slide", {"z": [0.0] * 16, "axis": 16, "step": 0}, "axis must be"),
-    ("/api/slide", {"z": [0.0] * 16, "axis": 0, "step": 9}, "step must be"),
+    ("/api/slide", {"z": [0.0] * 16, "axis": 0, "step": 41}, "step must be"),
     ("/api/image", {"index": 10**6}, "index must be"),
     ("/api/interpolate", {"from": 0, "to": 1, "steps": 1000}, "steps must be"),
 ])

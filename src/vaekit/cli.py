@@ -126,6 +126,9 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_number(int), default=8000, help="port (default: 8000; 0: a free one)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--map", default="auto", choices=("auto", "pca", "tsne"),
+                   help="the latent map: auto (the two dimensions if the latent has 2, else PCA), pca or tsne "
+                        "(a click on a t-SNE map decodes the nearest test image's code)")
 
     p = sub.add_parser("sample", help="draw images from the model")
     p.add_argument("run", help="run folder")
@@ -266,7 +269,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise VaekitError(f"--port must be in 0..65535, got {args.port}")
-    explorer = load_explorer(args.run, args.device)
+    explorer = load_explorer(args.run, args.device, args.map)
     server = make_server(explorer, args.host, args.port)
     print(f"vaekit: exploring {args.run} at {url_of(server)} (Ctrl-C stops)", flush=True)
     try:
