@@ -162,9 +162,10 @@ class Explorer:
     def gallery(self, body: dict) -> dict:
         """A page of GALLERY test images, of one class (label; -1: the unknown ones) or of all."""
         label = body.get("label")
-        if label is not None:
-            low = -1 if self.y is not None and bool((self.y < 0).any()) else 0
-            label = self.int_in(body, "label", low, max(self.model.num_classes, 1) - 1)
+        if label is not None:  # the test images' own labels (a model without classes may have them too)
+            if self.y is None:
+                raise RequestError("the test images have no labels: leave out the label")
+            label = self.int_in(body, "label", min(int(self.y.min()), 0), int(self.y.max()))
         return self._page(self.int_in(body, "page", 0, 10**9, default=0), label)
 
     def thumbnail(self, body: dict) -> dict:

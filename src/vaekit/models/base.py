@@ -67,6 +67,14 @@ def names_of(model) -> dict[str, str]:
     return {**NAMES, **getattr(model, "names", {})}
 
 
+def warmup_epochs(options: dict, epochs: float = 100.0) -> float:
+    """A KL warm-up of `epochs` epochs (the VampPrior paper's 100), or a third of a shorter run's --epochs."""
+    given = options.get("epochs")
+    if isinstance(given, int) and not isinstance(given, bool) and given > 0:
+        return float(min(epochs, max(1, given // 3)))
+    return epochs
+
+
 def axis_size(model) -> int:
     """Code dimensions per latent axis of this model (its `axis_size`, default 1)."""
     return int(getattr(model, "axis_size", 1))

@@ -44,7 +44,7 @@ from ..distributions import likelihood_image, likelihood_mean, pixel_likelihood
 from ..errors import VaekitError
 from ..nets import make_classifier, make_decoder
 from ..objectives import iwae_bound
-from .base import EvalContext, check_count, class_labels
+from .base import EvalContext, check_count, class_labels, warmup_epochs
 
 ESTIMATORS = ("gumbel", "straight-through", "reinforce")
 BASELINE_DECAY = 0.99  # of the moving-average baseline; about the last 100 steps
@@ -81,7 +81,7 @@ class CategoricalVAE(nn.Module):
         """A KL warm-up over 100 epochs: the exact KL pulls every q(z_g|x) onto the uniform prior before the
         decoder has learnt to read the codes, and a run can end in posterior collapse (KL near 0, no
         active variable; see health.py). Not for a fine-tuning (--init-from)."""
-        return {} if options.get("init_from") else {"kl_warmup": 100.0}
+        return {} if options.get("init_from") else {"kl_warmup": warmup_epochs(options)}
 
     def __init__(self, cfg: CategoricalConfig):
         super().__init__()
