@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -225,3 +226,103 @@ def test_load_data_returns_the_runs_splits(tiny_run):
     loader = torch.utils.data.DataLoader(data["train"], batch_size=32)
     xb, yb = next(iter(loader))
     assert xb.shape == (32, 1, 8, 8) and yb.shape == (32,)
+
+
+# ---- an image folder keeps its class names (issue 30)
+
+
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    rng = torch.Generator().manual_seed(0)
+    for k, name in enumerate(("circle", "square", "triangle")):
+        (root / name).mkdir(parents=True)
+        for i in range(30):
+            pixels = (torch.rand(8, 8, generator=rng) * 80 + 60 * k).clamp(0, 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return vaekit.train(tmp_path_factory.mktemp("runs") / "named", dataset=str(root), model="cvae", epochs=1,
+                        width=4, hidden=16, latent_dim=2, progress=False)
+
+
+def test_an_image_folder_keeps_its_class_names(named_run, tmp_path, capsys):
+    from vaekit.explore import load_explorer
+
+    assert json.loads((named_run / "classes.json").read_text()) == ["circle", "square", "triangle"]
+    assert main(["sample", str(named_run), "--label", "square", "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["sample", str(named_run), "--label", "1", "--n", "4", "--out", str(tmp_path / "n.png")]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(named_run), "--label", "hexagon", "--out", str(tmp_path / "h.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "circle, square, triangle" in err
+    text = (named_run / "report.html").read_text()
+    assert "class triangle" in text
+    assert load_explorer(named_run).info()["class_names"] == ["circle", "square", "triangle"]
+    assert main(["m1", str(named_run), "--classifier", "logistic"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(named_run)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "index,label,p_circle,p_square,p_triangle"
+    assert {row.split(",")[1] for row in rows[1:]} <= {"circle", "square", "triangle"}
+
+
+# ---- figures fit for a paper
+
+
+def test_curves_have_units_title_case_and_no_flat_panel():
+    from vaekit import plots
+
+    metrics = [{"epoch": e, "train_neg_elbo": 30.0 - e, "val_neg_elbo": 31.0 - e, "train_label_error": 0.5,
+                "val_kl": 2.0, "lr": 2e-3 / e, "kl_weight": 1.0} for e in (1, 2, 3, 4)]
+    fig = plots.curves_plot(metrics)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["−ELBO", "KL", "Label Error"]
+    units = {ax.get_title(): ax.get_ylabel() for ax in fig.axes if ax.get_title()}
+    assert units["−ELBO"] == "nats per image" and units["Label Error"] == "share of images"
+    assert fig.get_layout_engine() is not None  # constrained: titles never print over the row above
+    schedules = plots.schedules_plot(metrics)
+    assert [ax.get_title() for ax in schedules.axes] == ["Learning Rate"]  # the KL weight stayed 1: no panel
+    assert plots.schedules_plot([{**m, "lr": 1e-3} for m in metrics]) is None
+
+
+def test_the_latent_map_has_a_legend_of_class_names():
+    import numpy as np
+
+    from vaekit import plots
+
+    fig = plots.latent_plot(np.random.default_rng(0).normal(size=(30, 2)), torch.arange(30) % 3 - (torch.arange(30) == 0).long(),
+                            "PC 1", "PC 2", ["circle", "square", "triangle"])
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["unknown", "circle", "square", "triangle"]
+    assert len(fig.axes) == 1  # no colour bar
+
+
+def test_pictures_get_row_labels_and_unused_axes_one_line(run):
+    model = vaekit.load(run)
+    x = vaekit.load_data(run)["test"].tensors[0]
+    plain = vaekit.plots.image_grid(x[:16], nrow=8)
+    labelled = vaekit.plots.reconstruction_grid(model, x, None)
+    assert labelled.width > plain.width  # a column of row labels
+    column = np.asarray(labelled)[:, : labelled.width - plain.width]
+    assert (column < 128).any()  # text drawn in it
+    text = (run / "report.html").read_text()
+    rows = text.count("<tr><td>dimension ")
+    unused = text.count('<tr class="unused">')
+    assert rows + unused >= 1 and (unused == 0 or "unused by the model" in text)
+
+
+@pytest.mark.parametrize("panel, suffix", [("curves", ".svg"), ("latent", ".pdf"), ("samples", ".svg"),
+                                           ("traversal", ".pdf"), ("reconstructions", ".png")])
+def test_vaekit_plot_writes_a_vector_figure_of_a_panel(run, tmp_path, capsys, panel, suffix):
+    out = tmp_path / f"{panel}{suffix}"
+    assert main(["plot", str(run), panel, "--out", str(out)]) == 0
+    data = out.read_bytes()
+    assert data.startswith({".svg": b"<?xml", ".pdf": b"%PDF", ".png": b"\x89PNG"}[suffix])
+    if suffix == ".svg":
+        assert b"<text" in data or b"glyph" in data or b"<path" in data
+
+
+def test_vaekit_plot_mistakes_are_one_line(run, tmp_path, capsys):
+    assert main(["plot", str(run), "curves", "--out", str(tmp_path / "x.doc")]) == 2
+    assert "cannot tell the figure format" in capsys.readouterr().err
