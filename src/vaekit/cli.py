@@ -196,14 +196,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return e.exit_code
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
         from .api import diagnose
-        from .checkpoint import read_metrics
+        from .checkpoint import is_run, read_metrics
         from .progress import summary
 
-        done = summary(read_metrics(out))
-        if done:
-            print(f"vaekit: {done}")
-        for line in diagnose(out):
-            print(f"vaekit: warning: {line}", file=sys.stderr)
+        if is_run(out):
+            done = summary(read_metrics(out))
+            if done:
+                print(f"vaekit: {done}")
+            for line in diagnose(out):  # a run that failed quietly (health.py)
+                print(f"vaekit: warning: {line}", file=sys.stderr)
         print(f"run written to {out}; next: vaekit evaluate {out}")
     return 0
 
