@@ -259,9 +259,12 @@ def test_an_image_folder_keeps_its_class_names(named_run, tmp_path, capsys):
     text = (named_run / "report.html").read_text()
     assert "class triangle" in text
     assert load_explorer(named_run).info()["class_names"] == ["circle", "square", "triangle"]
-    assert main(["m1", str(named_run), "--classifier", "logistic"]) == 0
+    plain = vaekit.train(tmp_path / "plain", dataset=json.loads((named_run / "config.json").read_text())["data"]["dataset"], epochs=1, width=4, hidden=16, latent_dim=2,
+                         progress=False)  # M1 on a model without classes: predict names the classes too
+    assert json.loads((plain / "classes.json").read_text()) == ["circle", "square", "triangle"]
+    assert main(["m1", str(plain), "--classifier", "logistic"]) == 0
     capsys.readouterr()
-    assert main(["predict", str(named_run)]) == 0
+    assert main(["predict", str(plain)]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[0] == "index,label,p_circle,p_square,p_triangle"
     assert {row.split(",")[1] for row in rows[1:]} <= {"circle", "square", "triangle"}

@@ -216,9 +216,10 @@ def class_names(folder: Path, num_classes: int) -> list[str]:
         names = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as e:
         raise VaekitError(f"{path} is not a JSON list of class names ({e}): delete it to use the class numbers") from None
-    if not isinstance(names, list) or len(names) != num_classes or not all(isinstance(n, str) for n in names):
-        raise VaekitError(f"{path} must be a JSON list of {num_classes} class names: delete it to use the class numbers")
-    return names
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (num_classes and len(names) != num_classes):
+        raise VaekitError(f"{path} must be a JSON list of {num_classes or 'the'} class names: delete it to use the "
+                          "class numbers")
+    return names  # (a model without classes, num_classes 0, still names the data's labels with them)
 
 
 def class_index(folder: Path, num_classes: int, label: str) -> int:
