@@ -19,6 +19,10 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/vaekit train --dataset digits --out $(RUN) --overwrite
 	$(VENV)/bin/vaekit evaluate $(RUN)
+	@echo
+	@echo "The run is in $(RUN)/; open $(RUN)/report.html in a browser for its numbers, curves and pictures."
+	@echo "vaekit is installed in $(VENV): run 'source $(VENV)/bin/activate' to put it on your PATH, then"
+	@echo "  vaekit explore $(RUN)    # walk its latent space at http://127.0.0.1:8000/"
 
 test: venv
 	$(PY) -m pytest -q

@@ -55,6 +55,17 @@ def shoot(browser, run: Path, out: Path) -> list[Path]:
     box = page.locator("#map").bounding_box()
     page.mouse.click(box["x"] + 0.3 * box["width"], box["y"] + 0.35 * box["height"])
     page.wait_for_timeout(400)
+    # hover a test image's dot: its thumbnail; then zoom in on the map with the wheel
+    page.evaluate("window.scrollTo(0, 0)")  # clicking the interpolate button scrolled the map away
+    box = page.locator("#map").bounding_box()
+    x, y = page.evaluate("toCanvas(state.info.map.points[3])")
+    scale = box["width"] / page.evaluate("document.getElementById('map').width")
+    page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=4)
+    page.wait_for_function("getComputedStyle(document.getElementById('tip')).display === 'block'")
+    page.mouse.wheel(0, -300)
+    page.wait_for_timeout(300)
+    page.screenshot(path=out / f"{name}-explore-hover.png")
+    shots.append(out / f"{name}-explore-hover.png")
     page.screenshot(path=out / f"{name}-explore.png", full_page=True)
     shots.append(out / f"{name}-explore.png")
     if page.locator("#classrow").is_visible():

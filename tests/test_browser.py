@@ -226,3 +226,73 @@ def test_explorer_class_picker(browser, request):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- issue 31: a banner for a run that failed quietly; the explorer nearer the projector
+
+
+def test_the_report_of_a_collapsed_run_opens_with_a_warning(browser, tmp_path):
+    run = vaekit.train(tmp_path / "collapsed", dataset="digits", epochs=2, width=4, hidden=16, latent_dim=2, beta=50.0,
+                       progress=False)
+    page, errors = open_page(browser, (run / "report.html").as_uri())
+    banner = page.locator("#warnings")
+    assert banner.is_visible() and "posterior collapse" in banner.inner_text() and "--kl-warmup" in banner.inner_text()
+    config = page.locator("h2", has_text="Config").bounding_box()
+    assert banner.bounding_box()["y"] < config["y"]  # at the top of the page
+    assert errors == []
+    page.close()
+
+
+def test_explorer_hover_zoom_pan_and_pages(browser, explorer_url):
+    page, errors = open_page(browser, explorer_url)
+    started(page)
+    # hover a test image's dot: a thumbnail of it
+    box = page.locator("#map").bounding_box()
+    x, y = page.evaluate("toCanvas(state.info.map.points[4])")
+    scale = box["width"] / page.evaluate("document.getElementById('map').width")
+    page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=3)
+    page.wait_for_function("getComputedStyle(document.getElementById('tip')).display === 'block'")
+    page.wait_for_function("document.getElementById('tipimg').naturalWidth > 0")
+    assert page.locator("#tiptext").inner_text().startswith("test image ")
+    assert page.evaluate("POINT_RADIUS") * 2 > 3  # dots larger than 3 px
+    # the wheel zooms in around the pointer; Shift-drag pans; reset goes back
+    before = page.evaluate("view.x1 - view.x0")
+    page.mouse.wheel(0, -400)
+    page.wait_for_function("w => view.x1 - view.x0 < w", arg=before)
+    left = page.evaluate("view.x0")
+    page.keyboard.down("Shift")
+    drag(page, (0.5, 0.5), (0.7, 0.5))
+    page.keyboard.up("Shift")
+    assert page.evaluate("view.x0") < left
+    page.locator("#resetview").click()
+    assert page.evaluate("view.x1 - view.x0") == pytest.approx(before)
+    # the sliders show the value they set, in z units
+    value = page.locator("#sliders span").first.inner_text()
+    assert "." in value and abs(float(value)) <= 2  # a value of z (a quantile of N(0, 1)), not a step number
+    assert page.evaluate("Number(document.querySelector('#sliders input').max)") == 40
+    # the gallery pages beyond the first 48 images, and finds any one by number
+    page.locator("#next").click()
+    page.wait_for_function("document.querySelector('#gallery img').dataset.index === '48'")
+    page.locator("#goto").fill("300")
+    page.locator("#gotobtn").click()
+    page.wait_for_function("document.getElementById('selected').textContent.includes('test image 300')")
+    page.locator("#filter").select_option("7")
+    page.wait_for_function("document.getElementById('pageinfo').textContent.includes('page 1 of 1')")
+    assert all("class 7" in t for t in page.evaluate("[...document.querySelectorAll('#gallery img')].map(i => i.title)"))
+    assert errors == []
+    page.close()
+
+
+def test_explorer_error_banner_stays_in_sight_when_scrolled(browser, explorer_url):
+    page, errors = open_page(browser, explorer_url)
+    started(page)
+    page.set_viewport_size({"width": 1250, "height": 500})
+    page.locator("#zfield").fill("[1, 2]")
+    page.locator("#zgo").click()
+    page.wait_for_selector("#error", state="visible")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("window.scrollY > 300")
+    top = page.locator("#error").bounding_box()["y"]
+    assert 0 <= top < 50  # stuck to the top of the window, not scrolled away
+    assert all("400" in e for e in errors), errors
+    page.close()

@@ -59,14 +59,15 @@ def test_conditional_run(cvae_run, tmp_path, capsys):
     assert code == 0 and width > 3 * height  # 3 rows, 1 + 10 columns
     assert (Path(cvae_run) / "analogy.png").is_file()
     code, out, err = run_cli(capsys, "evaluate", cvae_run, "--iw-samples", "5", "--samples-per-class", "20", "--json")
-    assert err.strip() == f"vaekit: training the judge of conditional samples (once; cached in {cvae_run}/classifier.safetensors)"
+    assert err.splitlines()[0] == f"vaekit: training the judge of conditional samples (once; cached in {cvae_run}/classifier.safetensors)"
+    assert all(line.startswith("vaekit: warning: ") for line in err.splitlines()[1:])  # a 3-epoch run may be flagged
     report = json.loads(out)
     assert code == 0 and 0 <= report["conditional_accuracy"] <= 1 and report["classifier_accuracy"] > 0.8
     per_class = report["conditional_accuracy_per_class"]
     assert len(per_class) == 10 and sum(per_class) / 10 == pytest.approx(report["conditional_accuracy"])
     assert (Path(cvae_run) / "classifier.safetensors").is_file()
     code, out, err = run_cli(capsys, "evaluate", cvae_run, "--iw-samples", "5", "--samples-per-class", "20", "--json")
-    assert code == 0 and err == "" and json.loads(out)["classifier_accuracy"] == report["classifier_accuracy"]  # cached
+    assert code == 0 and "judge" not in err and json.loads(out)["classifier_accuracy"] == report["classifier_accuracy"]  # cached
 
 
 @pytest.mark.parametrize(

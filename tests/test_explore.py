@@ -99,7 +99,7 @@ def test_a_test_image_and_interpolation(vae_url):
     ("/api/decode", {}, "either z"),
     ("/api/decode", {"point": [1.0]}, "2 numbers"),
     ("/api/slide", {"z": [0.0] * 16, "axis": 16, "step": 0}, "axis must be"),
-    ("/api/slide", {"z": [0.0] * 16, "axis": 0, "step": 9}, "step must be"),
+    ("/api/slide", {"z": [0.0] * 16, "axis": 0, "step": 41}, "step must be"),
     ("/api/image", {"index": 10**6}, "index must be"),
     ("/api/interpolate", {"from": 0, "to": 1, "steps": 1000}, "steps must be"),
 ])
@@ -169,3 +169,54 @@ def test_explore_mistakes_are_one_line(digits_run, tmp_path, capsys):
         assert main(["explore", str(digits_run), "--port", str(server.server_address[1])]) == 2
         err = capsys.readouterr().err
         assert "cannot serve on 127.0.0.1" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- issue 31: an explorer nearer the projector
+
+
+def test_gallery_pages_thumbnails_and_slider_values(vae_url):
+    _, info = call(vae_url, "/api/info")
+    assert info["images"] == 359 and info["per_page"] == 48 and len(info["gallery"]) == 48
+    status, page = call(vae_url, "/api/gallery", {"page": 7})  # beyond the first 48
+    assert status == 200 and page["pages"] == 8 and [g["index"] for g in page["images"]] == list(range(336, 359))
+    status, sevens = call(vae_url, "/api/gallery", {"label": 7})
+    assert status == 200 and sevens["total"] == info["map"]["labels"].count(7)
+    assert all(g["label"] == 7 for g in sevens["images"])
+    assert call(vae_url, "/api/gallery", {"page": 8})[0] == 400
+    status, thumb = call(vae_url, "/api/thumbnail", {"index": 300})
+    assert status == 200 and thumb["image"].startswith("data:image/png") and thumb["index"] == 300
+    # slider steps in z units: 41 quantiles of N(0, 1), 2.5 % to 97.5 %
+    assert info["steps"] == 41 and info["axis_name"] == "dimension"
+    values = [float(v) for v in info["axes"][0]["values"]]
+    assert len(values) == 41 and values[0] == pytest.approx(-1.96, abs=0.01) and values[20] == 0.0
+    assert values == sorted(values)
+
+
+def test_a_tsne_map_decodes_the_nearest_test_code(digits_run):
+    explorer = load_explorer(digits_run, method="tsne")
+    info = explorer.info()
+    assert info["map"]["method"] == "tsne"
+    view = explorer.decode({"point": info["map"]["points"][12]})
+    assert view["nearest"] == 12 and view["point"] == pytest.approx(info["map"]["points"][12], abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def m2_run(tmp_path_factory):
+    import vaekit
+
+    return vaekit.train(tmp_path_factory.mktemp("runs") / "m2", dataset="digits", model="m2", labels_per_class=5,
+                        epochs=1, width=4, hidden=16, latent_dim=2, progress=False)
+
+
+def test_a_model_that_classifies_shows_its_own_guess(m2_run):
+    import torch
+
+    explorer = load_explorer(m2_run)
+    assert explorer.info()["classifies"]
+    for index in range(20):
+        doc = explorer.image({"index": index})
+        with torch.no_grad():
+            guess = int(explorer.model.predict_proba(explorer.x[index : index + 1]).argmax())
+        assert doc["label"] == guess  # q(y|x), not the true label
+        assert doc["true_label"] == int(explorer.y[index])
+        assert len(doc["class_probabilities"]) == 10 and sum(doc["class_probabilities"]) == pytest.approx(1, abs=1e-3)

@@ -228,5 +228,5 @@ def test_a_categorical_latent_gets_one_traversal_row_per_variable(digits_run):
     split, data_cfg, mode = vaekit.api.evaluation_data(digits_run)
     test = vaekit.data.test_targets(split, 0, mode, "cpu")
     text = build_report(digits_run, Categorical().eval(), test)
-    rows = re.findall(r"<tr><td>axis (\d+)</td>", text)
+    rows = re.findall(r"<tr><td>(?:dimension|variable) (\d+)</td>", text)
     assert len(rows) == 2  # one row per variable, ordered by KL

@@ -15,10 +15,10 @@ if (_sys.argv and (_sys.argv[0] == "-m" or _os.path.basename(_sys.argv[0]) == "v
         and _threading.current_thread() is _threading.main_thread()):
     _signal.signal(_signal.SIGINT, lambda signum, frame: _STARTING.append(signum))
 
-from .api import evaluate, load, make_configs, train  # noqa: E402
+from .api import decode, encode, evaluate, load, load_data, make_configs, reconstruct, sample, train  # noqa: E402
 from .config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from .errors import VaekitError  # noqa: E402
 from .models import CVAE, M2, MODELS, VAE  # noqa: E402
 
-__all__ = ["__version__", "train", "evaluate", "load", "make_configs", "VAE", "CVAE", "M2", "MODELS", "DataConfig", "ModelConfig",
+__all__ = ["__version__", "train", "evaluate", "load", "load_data", "sample", "encode", "decode", "reconstruct", "make_configs", "VAE", "CVAE", "M2", "MODELS", "DataConfig", "ModelConfig",
            "TrainConfig", "VaekitError"]

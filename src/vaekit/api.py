@@ -4,7 +4,12 @@
     run = vaekit.train("runs/digits", dataset="digits", epochs=50)
     report = vaekit.evaluate(run, iw_samples=1000)      # dict: neg_elbo, nll, active_units, ...
     model = vaekit.load(run)                            # the model in eval mode
-    images = model.sample(16)                           # (16, C, H, W) in [0, 1]
+    data = vaekit.load_data(run)                        # {"train", "val", "test"}: torch TensorDatasets (x, y)
+    images = vaekit.sample(model, 16)                   # (16, C, H, W) in [0, 1], without autograd
+
+The model's own methods (model.encode, decode, sample, reconstruct) follow the caller's grad mode, so
+gradients reach z or the weights (latent optimisation, gradient probes); the functions here are their
+no-grad conveniences.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, models
+from . import checkpoint as ckpt
+from . import distributed, health, models
 from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .data import Split, load_dataset, stored_location, test_targets
 from .devices import resolve_device
@@ -40,11 +46,27 @@ def dataset_defaults(options: dict) -> dict:
     return {k: v for k, v in given.items() if k not in options}
 
 
+def training_defaults(options: dict) -> dict:
+    """The settings the chosen model needs under `options` to avoid posterior collapse (its optional
+    `training_defaults(options)`, e.g. a KL warm-up with the VampPrior), where `options` leave them unset."""
+    cls = models.model_class(options.get("model", "vae"))
+    hook = getattr(cls, "training_defaults", None)
+    given = hook(options) if hook is not None else {}
+    return {k: v for k, v in given.items() if k not in options}
+
+
+def applied_defaults(options: dict) -> dict:
+    """Every setting make_configs adds to `options`: the dataset's defaults, then the model's training ones."""
+    applied = dataset_defaults(options)
+    return {**applied, **training_defaults({**applied, **options})}
+
+
 def make_configs(**options) -> tuple[DataConfig, ModelConfig, TrainConfig]:
     """Split keyword options (fields of DataConfig, the chosen model's config, TrainConfig) into the
-    three configs, over the model's defaults for the dataset (dataset_defaults); each config checks its
-    values (types, choices, ranges) as it is built."""
-    options = {**dataset_defaults(options), **options}
+    three configs, over the model's defaults for the dataset (dataset_defaults) and those it needs to
+    avoid posterior collapse (training_defaults); each config checks its values (types, choices,
+    ranges) as it is built."""
+    options = {**applied_defaults(options), **options}
     for key in ("dataset", "data_dir", "init_from"):  # paths as absolute ones: a run is used from anywhere
         if isinstance(options.get(key), str):
             options[key] = stored_location(options[key])
@@ -124,6 +146,55 @@ def load(run: str | Path, device: str = "cpu") -> torch.nn.Module:
     return load_model(Path(run), resolve_device(device))
 
 
+def diagnose(run: str | Path, device: str = "cpu") -> list[str]:
+    """Lines on a run that failed quietly (posterior collapse, a dead classifier, a flat loss; health.py),
+    from its training: the best epoch's validation terms and the active units of its test codes."""
+    model = load(run, device)
+    split, data_cfg, mode = evaluation_data(run)
+    test = test_targets(split, data_cfg.split_seed, mode, next(iter(model.parameters())).device)
+    metrics = ckpt.read_metrics(Path(run))
+    numbers = health.training_numbers(model, metrics, test.x, test.y)
+    return [f.line() for f in health.check(numbers, metrics, model.num_classes)]
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, n: int, labels=None) -> torch.Tensor:
+    """n mean images E[x|z], z drawn from the prior, without autograd: (n, C, H, W) in [0, 1]."""
+    return model.sample(n, labels=labels)
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The posterior means E[z|x] of images x: (B, C, H, W), without autograd: (B, D)."""
+    return model.encode(x, y)
+
+
+@torch.no_grad()
+def decode(model: torch.nn.Module, z: torch.Tensor, labels=None, *, draw: bool = False) -> torch.Tensor:
+    """Images of latent points z: (B, D), without autograd: the mean image E[x|z] (draw=True: x ~ p(x|z))."""
+    return model.decode(z, labels, draw=draw)
+
+
+@torch.no_grad()
+def reconstruct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """E[x | z = E[z|x]] of images x, without autograd: (B, C, H, W) in [0, 1]."""
+    return model.reconstruct(x, y)
+
+
+def load_data(run: str | Path) -> dict[str, torch.utils.data.TensorDataset]:
+    """The train, validation and test splits a run used, as torch TensorDatasets of (x, y): x (N, C, H, W)
+    float32 grey levels in [0, 1] (binarize them as the model does: x.bernoulli() for a Bernoulli
+    likelihood), y (N,) int64 labels, -1 where unknown (as in training: --labels-per-class keeps only
+    some); an unlabelled dataset has y = -1 everywhere."""
+    data_cfg, _, _ = read_config(Path(run))
+    source = load_dataset(data_cfg)
+    out = {}
+    for name, split in (("train", source.train), ("val", source.val), ("test", source.test)):
+        y = split.y if split.y is not None else torch.full((len(split.x),), -1, dtype=torch.long)
+        out[name] = torch.utils.data.TensorDataset(split.to_float(), y)
+    return out
+
+
 def evaluate(
     run: str | Path,
     *,
@@ -165,4 +236,6 @@ def evaluate(
     if m1 is not None:  # named apart when the model classifies too (M1 fitted on a run of a model that classifies)
         key = "m1_label_error" if "label_error" in result else "label_error"
         result[key], result[f"{key}_se"] = m1
+    # runs that failed quietly: posterior collapse, a dead classifier, a loss that never fell (health.py)
+    result["warnings"] = [f.line() for f in health.check(result, ckpt.read_metrics(Path(run)), model.num_classes)]
     return result

@@ -169,6 +169,9 @@ class RunLock:
             os.close(self.fd)
             raise VaekitError(f"{out} is in use by another vaekit process (pid {holder}): wait for it to finish, "
                               "or train into another --out") from None
+        if not _same_file(self.fd, out / LOCK):  # its holder finished and removed it after we opened it
+            os.close(self.fd)
+            return self.__enter__()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
         if (out / REPLACED).is_dir():
@@ -181,8 +184,10 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         try:
+            # a finished run keeps no lock file (removed while still held; a process that opened it
+            # meanwhile sees that it was removed, in __enter__, and opens the new one)
+            (self.out / LOCK).unlink(missing_ok=True)
             if self.created and not _entries(self.out):  # nothing was written: leave no trace
-                (self.out / LOCK).unlink(missing_ok=True)
                 self.out.rmdir()
         except OSError:
             pass
@@ -190,7 +195,45 @@ class RunLock:
             os.close(self.fd)  # releases the lock
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
 LABELLED = "labelled.json"
+CLASSES = "classes.json"  # the class names of a dataset that has them (an image folder's subfolders)
+
+
+def save_class_names(folder: Path, names: list[str]) -> None:
+    atomic_write(Path(folder) / CLASSES, (json.dumps(list(names)) + "\n").encode())
+
+
+def class_names(folder: Path, num_classes: int) -> list[str]:
+    """The names of a run's classes: classes.json where the dataset named them, else "0".."K-1"."""
+    path = Path(folder) / CLASSES
+    if not path.is_file():
+        return [str(k) for k in range(num_classes)]
+    try:
+        names = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise VaekitError(f"{path} is not a JSON list of class names ({e}): delete it to use the class numbers") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or (num_classes and len(names) != num_classes):
+        raise VaekitError(f"{path} must be a JSON list of {num_classes or 'the'} class names: delete it to use the "
+                          "class numbers")
+    return names  # (a model without classes, num_classes 0, still names the data's labels with them)
+
+
+def class_index(folder: Path, num_classes: int, label: str) -> int:
+    """The class a user named: by its name (classes.json), else by its number."""
+    names = class_names(folder, num_classes)
+    if label in names:
+        return names.index(label)
+    if label.strip().lstrip("-").isdigit() and len(label.strip()) < 10:
+        return int(label)
+    shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    raise VaekitError(f"--label {label!r} is not a class of this run: use one of {shown}")
 
 
 def save_labelled(folder: Path, source_index: torch.Tensor, labels: torch.Tensor) -> None:
@@ -270,17 +313,45 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
     return run_files.read_metrics(Path(folder) / METRICS)
 
 
-def read_evaluations(folder: Path) -> dict[str, dict[str, Any]]:
-    """evaluation.json: {dataset: the evaluate() result}, checked; {} when missing."""
-    return run_files.read_evaluations(Path(folder) / EVALUATION)
+def read_evaluations(folder: Path, name: str = EVALUATION) -> dict[str, dict[str, Any]]:
+    """evaluation.json (or another evaluation file): {dataset: the evaluate() result}, checked; {} when missing."""
+    return run_files.read_evaluations(Path(folder) / name)
 
 
-def save_evaluation(folder: Path, result: dict[str, Any], key: str | None = None) -> None:
-    """Record an evaluate() result in evaluation.json under `key` (default: its dataset), replacing an
-    earlier one of that key."""
+def evaluation_file(iw_samples: int) -> str:
+    """The file that keeps the evaluations with K importance samples: evaluation-K1000.json."""
+    return f"evaluation-K{iw_samples}.json"
+
+
+def save_evaluation(folder: Path, result: dict[str, Any], key: str | None = None) -> int | None:
+    """Record an evaluate() result under `key` (default: its dataset) in evaluation.json (the latest of each
+    key) and in evaluation-K<K>.json (the latest of each key at that K, so an evaluation with another K
+    never loses this one). Returns the K of the result it replaced in evaluation.json when that differs."""
+    key = key or str(result.get("dataset", "test"))
     doc = read_evaluations(folder)
-    doc[key or str(result.get("dataset", "test"))] = result
+    previous = doc.get(key, {})
+    before = previous.get("iw_samples")
+    for k, kept_result in ((before, previous), (result.get("iw_samples"), result)):
+        if isinstance(k, int) and not isinstance(k, bool):  # (a run of vaekit <= 0.2 kept only evaluation.json)
+            kept = read_evaluations(folder, evaluation_file(k))
+            if kept_result is result or key not in kept:
+                kept[key] = kept_result
+                atomic_write(Path(folder) / evaluation_file(k),
+                             (json.dumps(kept, indent=1, allow_nan=False) + "\n").encode())
+    doc[key] = result
+    k = result.get("iw_samples")
     atomic_write(Path(folder) / EVALUATION, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
+    return before if isinstance(before, int) and before != k else None
+
+
+def evaluations_by_k(folder: Path) -> dict[int, dict[str, dict[str, Any]]]:
+    """{K: {key: result}} of every evaluation-K<K>.json in the run folder."""
+    found = {}
+    for path in Path(folder).glob("evaluation-K*.json"):
+        k = path.stem[len("evaluation-K"):]
+        if k.isdigit() and len(k) < 10:
+            found[int(k)] = read_evaluations(folder, path.name)
+    return dict(sorted(found.items()))
 
 
 def write_metrics(folder: Path, records: list[dict[str, Any]]) -> None:

@@ -122,16 +122,25 @@ def build_parser() -> Parser:
     p.add_argument("--map", default="auto", choices=("auto", "pca", "tsne"),
                    help="the latent map: auto (the two dimensions if the latent has 2, else PCA), pca or tsne")
 
+    p = sub.add_parser("plot", help="one panel of the report as a figure of its own: SVG or PDF (vector), or PNG")
+    p.add_argument("run", help="run folder")
+    p.add_argument("panel", choices=("curves", "schedules", "latent", "samples", "reconstructions", "traversal"))
+    p.add_argument("--out", required=True, help="figure file to write: .svg, .pdf, .eps or .png")
+    p.add_argument("--seed", type=_number(int), default=0, help="seed of the samples drawn (default: 0)")
+
     p = sub.add_parser("explore", help="a local web app to walk the latent space (Ctrl-C stops it)")
     p.add_argument("run", help="run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_number(int), default=8000, help="port (default: 8000; 0: a free one)")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--map", default="auto", choices=("auto", "pca", "tsne"),
+                   help="the latent map: auto (the two dimensions if the latent has 2, else PCA), pca or tsne "
+                        "(a click on a t-SNE map decodes the nearest test image's code)")
 
     p = sub.add_parser("sample", help="draw images from the model")
     p.add_argument("run", help="run folder")
     p.add_argument("--n", type=_number(int), default=64, help="number of images (default: 64)")
-    p.add_argument("--label", type=_number(int), help="class to draw (models that draw classes)")
+    p.add_argument("--label", help="class to draw, by name (an image folder's subfolder) or number (models that draw classes)")
     p.add_argument("--out", required=True, help="image file to write (.png, .jpg, .webp, ...)")
     p.add_argument("--seed", type=_number(int), default=0)
 
@@ -166,7 +175,7 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import dataset_defaults, train, train_recipe
+    from .api import dataset_defaults, train, train_recipe, training_defaults
     from .guards import Interrupted
 
     if args.config:
@@ -174,7 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise VaekitError("--config trains a recipe and resumes its unfinished stages itself: drop --resume")
         try:
             train_recipe(args.config, out=args.out, overwrite=args.overwrite, tensorboard=args.tensorboard,
-                         pictures=args.pictures, log=lambda message: print(message, file=sys.stderr, flush=True), **config_options(args))
+                         pictures=args.pictures, log=lambda message: print(message, file=sys.stderr, flush=True),
+                         **config_options(args))
         except Interrupted as e:
             print(f"vaekit: {e}", file=sys.stderr)
             return e.exit_code
@@ -185,11 +195,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise VaekitError("--out RUN is required: the folder to write the run into")
     out = Path(args.resume or args.out)
     options = config_options(args)
-    applied = {} if args.resume else dataset_defaults(options)
-    if applied and os.environ.get("RANK", "0") == "0":
-        shown = " ".join(flag(k) if v is True else f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
-                         for k, v in applied.items())
-        print(f"vaekit: the defaults on {options['dataset']}: {shown} (a flag overrides each; naming --arch conv or mlp: the built-in ones)")
+    if not args.resume and os.environ.get("RANK", "0") == "0":
+        def shown(settings: dict) -> str:
+            return " ".join(flag(k) if v is True else f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
+                            for k, v in settings.items())
+
+        applied = dataset_defaults(options)
+        if applied:
+            print(f"vaekit: the defaults on {options['dataset']}: {shown(applied)} (a flag overrides each; naming "
+                  "--arch conv or mlp: the built-in ones)")
+        needed = training_defaults({**applied, **options})
+        if needed:
+            print(f"vaekit: against posterior collapse this model trains with {shown(needed)} (a flag overrides it)")
     try:
         train(out, overwrite=args.overwrite, resume=bool(args.resume), tensorboard=args.tensorboard,
               pictures=args.pictures, **options)
@@ -197,6 +214,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        from .api import diagnose
+        from .checkpoint import is_run, read_metrics
+        from .progress import summary
+
+        if is_run(out):
+            done = summary(read_metrics(out))
+            if done:
+                print(f"vaekit: {done}")
+            for line in diagnose(out):  # a run that failed quietly (health.py)
+                print(f"vaekit: warning: {line}", file=sys.stderr)
         print(f"run written to {out}; next: vaekit evaluate {out}")
     return 0
 
@@ -212,6 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         log=lambda message: print(f"vaekit: {message}", file=sys.stderr, flush=True),
     )
     print(json.dumps(result, allow_nan=False) if args.json else format_report(result))
+    for line in result.get("warnings", []):
+        print(f"vaekit: warning: {line}", file=sys.stderr)
     key = result.get("dataset", "test") + (f", first {args.limit} images" if args.limit else "")
     _add_to_report(Path(args.run), result, key)
     return 0
@@ -224,7 +253,10 @@ def _add_to_report(run: Path, result: dict, key: str) -> None:
     from .report import write_report
 
     try:
-        save_evaluation(run, result, key)
+        replaced = save_evaluation(run, result, key)
+        if replaced is not None:
+            print(f"vaekit: evaluation.json now holds K = {result['iw_samples']} for {key}; the K = {replaced} "
+                  f"numbers stay in {run / f'evaluation-K{replaced}.json'}", file=sys.stderr)
         write_report(run)
     except (VaekitError, OSError) as e:
         print(f"vaekit: warning: the report in {run} was not updated: {e}", file=sys.stderr)
@@ -237,12 +269,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    import torch
+
+    from .plots import panel_figure, save_figure
+
+    model = test = None
+    if args.panel not in ("curves", "schedules"):
+        from .api import load
+
+        model, test = load(args.run), _test_images(args.run)
+    torch.manual_seed(args.seed)
+    print(save_figure(Path(args.out), panel_figure(Path(args.run), args.panel, model, test)))
+    return 0
+
+
 def cmd_explore(args: argparse.Namespace) -> int:
     from .explore import load_explorer, make_server, url_of
 
     if not 0 <= args.port <= 65535:
         raise VaekitError(f"--port must be in 0..65535, got {args.port}")
-    explorer = load_explorer(args.run, args.device)
+    explorer = load_explorer(args.run, args.device, args.map)
     server = make_server(explorer, args.host, args.port)
     print(f"vaekit: exploring {args.run} at {url_of(server)} (Ctrl-C stops)", flush=True)
     try:
@@ -258,6 +305,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .api import load
+    from .checkpoint import class_index, class_names
     from .plots import image_grid, sample_grid, save_image
 
     check_output(args.out)
@@ -271,10 +319,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise VaekitError(f"--label needs a model that draws classes, and {args.run} does not (train with --model "
                           f"{' or '.join(conditional_models())})")
     torch.manual_seed(args.seed)
+    names = class_names(Path(args.run), model.num_classes)
     if model.num_classes and args.label is None:
-        picture = sample_grid(model)
+        picture = sample_grid(model, names=names)
     else:
-        picture = image_grid(model.sample(args.n, labels=args.label), nrow=min(args.n, 8))
+        label = None if args.label is None else class_index(Path(args.run), model.num_classes, args.label)
+        with torch.no_grad():
+            picture = image_grid(model.sample(args.n, labels=label), nrow=min(args.n, 8))
     print(save_image(args.out, picture))
     return 0
 
@@ -353,7 +404,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "explore": cmd_explore,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "report": cmd_report, "plot": cmd_plot, "explore": cmd_explore,
             "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "analogy": cmd_analogy, "m1": cmd_m1, "predict": cmd_predict, "download": cmd_download}
 

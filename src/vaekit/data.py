@@ -81,6 +81,7 @@ class ImageDataset:
     num_classes: int  # 0 when there are no labels, or only unknown (-1) ones
     image_shape: tuple[int, int, int]  # (C, H, W)
     fingerprint: str = ""  # sha256 of the images, labels and split (fingerprint.py)
+    class_names: list[str] | None = None  # an image folder's class subfolders (label k: the k-th name)
 
     @property
     def is_binary(self) -> bool:
@@ -114,8 +115,10 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     if name.endswith(".npz"):
         return _split_dataset(name, *_read_npz(path), cfg)
     if path.is_dir():
-        x, y, num_classes = _read_image_folder(path)
-        return _split_dataset(name, x, y, 255.0, cfg, num_classes)
+        x, y, class_names = _read_image_folder(path)
+        dataset = _split_dataset(name, x, y, 255.0, cfg, len(class_names))
+        dataset.class_names = class_names or None
+        return dataset
     if path.exists():
         raise VaekitError(f"{path}: not a dataset: use a .npz file or an image folder")
     if "/" in name or os.sep in name:
@@ -615,8 +618,8 @@ def _cannot_read(path: Path, e: OSError) -> VaekitError:
 # Image folders
 
 
-def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Images (N, C, H, W) uint8, labels from class subfolders (sorted names) or None, number of classes.
+def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Images (N, C, H, W) uint8, labels from class subfolders (sorted names) or None, the class names.
 
     A subfolder named unlabelled (or unlabeled) holds images of unknown class: label -1, not a class.
     Images are either all loose in `root` (no labels) or all in subfolders, never both.
@@ -654,7 +657,7 @@ def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
     gray = bool((x[:, :1] == x[:, 1:]).all())
     x = np.ascontiguousarray(x[:, :1] if gray else x)
     y = np.array([label for _, label in files], np.int64) if subfolders else None
-    return x, y, len(classes)
+    return x, y, [d.name for d in classes]
 
 
 def _rgb8(im, path: Path) -> np.ndarray:

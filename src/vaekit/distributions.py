@@ -133,6 +133,14 @@ def gaussian_nll_constant(num_pixels: int, sigma: float) -> float:
     return 0.5 * num_pixels * math.log(2 * math.pi * sigma**2)
 
 
+def likelihood_image(likelihood: Distribution, draw: bool = False) -> torch.Tensor:
+    """Images in [0, 1] of p(x|z): the mean E[x|z] (likelihood_mean), or with draw=True one x drawn from
+    p(x|z) (binary pixels for a Bernoulli likelihood; no gradient flows through a draw)."""
+    if not draw:
+        return likelihood_mean(likelihood)
+    return likelihood.sample().clamp(0, 1)
+
+
 def likelihood_mean(likelihood: Distribution) -> torch.Tensor:
     """E[x|z] as an image in [0,1] (the Bernoulli probabilities or the Gaussian mean, clamped; an
     autoregressive likelihood's mean-field picture; a discretized one's mean, likelihoods.py)."""

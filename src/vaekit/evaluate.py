@@ -23,8 +23,10 @@ from tqdm import tqdm
 from .allocator import keep_freed_memory
 from .data import batches
 from .errors import VaekitError
+from .health import ACTIVITY, axis_activity
 from .likelihoods import likelihood_kind
 from .limits import check_fits, pair_bytes
+from .models.base import NAMES, axis_size, names_of
 
 LONG_EVALUATION_S = 60.0  # estimates above this are announced
 
@@ -131,45 +133,59 @@ def _report(model, x: torch.Tensor, terms: dict[str, torch.Tensor], mu: torch.Te
         result["nll_bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
     else:  # a density of continuous values has no bits/dim: it is not a probability of the pixels' values
         result["density"] = "-log p(x) is a density of continuous values, in nats: not a probability of pixel values"
-    activity = mu.double().var(0, unbiased=True) if len(mu) > 1 else torch.zeros(mu.shape[1])
-    result["active_units"] = int((activity > 0.01).sum())
+    size = axis_size(model)
+    activity = axis_activity(mu, size)  # per latent axis: a dimension, or a categorical variable
+    result["active_units"] = int((activity > ACTIVITY).sum())
     result["latent_dim"] = mu.shape[1]
+    result["latent_axes"] = len(activity)
     for key, v in terms.items():
-        if v.dim() == 2:  # per latent dimension
+        if v.dim() == 2:  # per latent axis
             result[key] = [round(float(c), 4) for c in v.double().mean(0)]
     result["posterior_mean_variance"] = [round(float(v), 4) for v in activity]
+    result["names"] = names_of(model)
     return result
 
 
+def active_units_definition(r: dict) -> str:
+    axis = r.get("names", {}).get("axis", "dimension")
+    what = "Var_x E[z|x]" if axis == "dimension" else f"the summed Var_x E[z|x] of its {axis}'s one-hot dimensions"
+    return f"a {axis} is active when {what} > {ACTIVITY:g}, as Burda et al. 2016"
+
+
+
 def format_report(r: dict) -> str:
-    """A human-readable table of an evaluate() result."""
+    """A human-readable table of an evaluate() result, each term named for what the model measures."""
     def se(key: str) -> str:
         return "n/a" if r.get(f"{key}_se") is None else f"{r[f'{key}_se']:.3f}"
 
     def bits(key: str) -> str:
         return f"   ({r[key]:.4f})" if key in r else ""
 
+    name = {**NAMES, **r.get("names", {})}
+    width = max(len(name["nll"]) + 6, len(name["kl"]) + 2, len(name["recon"]) + 2, 17)
+    axis = name["axis"]
+    axes = r.get("latent_axes", r["latent_dim"])
     unit = "nats per image (bits/dim)" if "nll_bits_per_dim" in r else \
         "nats per image: densities of continuous values, not probabilities of pixel values"
     lines = [f"{r['n_images']} images, K = {r['iw_samples']} importance samples; {unit}"]
     if r.get("likelihood"):
         lines.append(f"  likelihood: {r['likelihood']}")
-    lines.append(f"  -ELBO           {r['neg_elbo']:10.3f} ± {se('neg_elbo')}{bits('neg_elbo_bits_per_dim')}")
-    lines.append(f"    reconstruction {r['recon']:9.3f} ± {se('recon')}")
-    lines.append(f"    KL             {r['kl']:9.3f} ± {se('kl')}")
-    lines.append(f"  -log p(x) IWAE  {r['nll']:10.3f} ± {se('nll')}{bits('nll_bits_per_dim')}")
-    lines.append(f"  active units    {r['active_units']} of {r['latent_dim']}")
+    lines.append(f"  {name['neg_elbo']:{width}s}{r['neg_elbo']:10.3f} ± {se('neg_elbo')}{bits('neg_elbo_bits_per_dim')}")
+    lines.append(f"    {name['recon']:{width - 2}s}{r['recon']:10.3f} ± {se('recon')}")
+    lines.append(f"    {name['kl']:{width - 2}s}{r['kl']:10.3f} ± {se('kl')}")
+    lines.append(f"  {name['nll'] + ' IWAE':{width}s}{r['nll']:10.3f} ± {se('nll')}{bits('nll_bits_per_dim')}")
+    lines.append(f"  {'active units':{width}s}{r['active_units']:>6d} of {axes} {axis}s ({active_units_definition(r)})")
     if "kl_per_dim" in r:
-        lines.append("  KL per dim      " + " ".join(f"{v:.2f}" for v in r["kl_per_dim"]))
+        lines.append(f"  {'KL per ' + axis:{width}s}" + " ".join(f"{v:.2f}" for v in r["kl_per_dim"]))
     shown = {"n_images", "iw_samples", "neg_elbo", "recon", "kl", "nll", "neg_elbo_bits_per_dim", "nll_bits_per_dim",
-             "active_units", "latent_dim", "kl_per_dim", "posterior_mean_variance", "dataset", "likelihood",
-             "density"}
+             "active_units", "latent_dim", "latent_axes", "kl_per_dim", "posterior_mean_variance", "dataset", "likelihood",
+             "density", "names", "warnings"}
     for key, value in r.items():  # whatever else the model reported (its metrics(), per-example terms)
         if key in shown or key.endswith("_se") or value is None:
             continue
         if isinstance(value, float):
             se = f" ± {r[key + '_se']:.4f}" if r.get(key + "_se") is not None else ""
-            lines.append(f"  {key.replace('_', ' '):15s} {value:.4f}{se}")
-        elif isinstance(value, list):
-            lines.append(f"  {key.replace('_', ' '):15s} " + " ".join(f"{v:.2f}" for v in value))
+            lines.append(f"  {key.replace('_', ' '):{width}s}{value:.4f}{se}")
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            lines.append(f"  {key.replace('_', ' '):{width}s}" + " ".join(f"{v:.2f}" for v in value))
     return "\n".join(lines)

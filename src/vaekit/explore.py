@@ -3,7 +3,10 @@
 The page (explore.html, no build step, nothing fetched from elsewhere) draws the 2-D map of the test
 codes (latent_map.py) and asks the server, in JSON, for the images of latent points:
 
-    GET  /api/info         the model's shape, the map, the axes ordered by KL, a gallery of test images
+    GET  /api/info         the model's shape, the class names, the map, the axes ordered by KL (with the
+                           value of each slider step: z units, or a category)
+    POST /api/gallery      {"page", "label" (a class, -1: unknown; optional)} -> a page of test images
+    POST /api/thumbnail    {"index"} -> one test image (the map's hover thumbnails)
     POST /api/decode       {"z": [D numbers]} or {"point": [u, v]} (a place on the map), "label" for a
                            model with classes -> the view of that point
     POST /api/slide        {"z", "axis", "step", "label"}: z moved to point `step` of model.traversal(z)'s
@@ -45,12 +48,13 @@ from . import plots, runs
 from .data import test_targets
 from .devices import resolve_device
 from .errors import VaekitError
+from .checkpoint import class_names
 from .latent_map import LatentMap, latent_map
-from .models.base import class_labels
+from .models.base import axis_size, class_labels, names_of
 from .plots import axis_kl
 from .report import data_uri
 
-MAP_IMAGES, GALLERY, STEPS = 2000, 48, 9
+MAP_IMAGES, GALLERY, STEPS = 2000, 48, 41  # slider steps: N(0, 1) quantiles 2.5 % .. 97.5 % in 40 even steps
 MAX_BODY, MAX_ABS = 1 << 20, 1e4  # bytes of a request; the largest |z_d| or map coordinate accepted
 SOCKET_TIMEOUT, MAX_CONNECTIONS = 30.0, 64  # seconds a connection may stay silent; connections served at once
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # Host values always served (as Jupyter does)
@@ -64,23 +68,28 @@ class Explorer:
     """What the server answers from: the model, the test images and their map (fixed once built)."""
 
     def __init__(self, model, x: torch.Tensor, y: torch.Tensor | None, steps: int = STEPS,
-                 shown: torch.Tensor | None = None, name: str = ""):
-        """x: (N, C, H, W) the test images as the model sees them (binarized), y: (N,) their labels (-1:
-        unknown); shown: the same images as people see them (grey levels; default x); name: the page's title."""
-        self.model, self.steps, self.name = model.eval(), steps, name
+                 shown: torch.Tensor | None = None, name: str = "", class_names: list[str] | None = None,
+                 method: str = "auto"):
+        """x: (N, C, H, W) the test images as the model sees them (binarized), y: (N,) their labels (-1: unknown);
+        shown: the same images as people see them (grey levels; default x); name: the page's title;
+        class_names: the name of each class (default its number); method: the map (latent_map.py)."""
+        self.model, self.name = model.eval(), name
         self.x, self.y = x[:MAP_IMAGES], None if y is None else y[:MAP_IMAGES]
         self.shown = self.x if shown is None else shown[:MAP_IMAGES].to(x.device)
         self.lock = threading.Lock()  # one model call at a time: requests come from many threads
         self.device = x.device
+        self.class_names = class_names or [str(c) for c in range(model.num_classes)]
         with torch.no_grad():
             codes = model.encode(self.x, self.y)
+            self.codes = codes
             self.dim = codes.shape[1]
-            self.plane: LatentMap = latent_map(codes.cpu().numpy())
+            self.plane: LatentMap = latent_map(codes.cpu().numpy(), method)
             walk = model.traversal(codes[0], steps)
-            self.num_axes = walk.shape[0]
+            self.num_axes, self.steps = walk.shape[0], walk.shape[1]  # a categorical variable: its K categories
             kl = axis_kl(model, self.x, self.y, self.num_axes)
         self.kl = kl
         self.order = [int(a) for a in (np.argsort(-kl, kind="stable") if kl is not None else range(self.num_axes))]
+        self.values = step_values(walk, codes[0], axis_size(model))
 
     # ---- checking requests
 
@@ -120,27 +129,58 @@ class Explorer:
     def _labels(self, label: int | None, n: int) -> torch.Tensor | None:
         return class_labels(label, n, self.model.num_classes, self.device) if label is not None else None
 
+    def place(self, z: torch.Tensor) -> list[float]:
+        """Where z is drawn on the map: its projection onto the plane; on a t-SNE map (which places only the
+        test codes) the place of the nearest test code."""
+        if self.plane.method == "tsne":
+            nearest = int((self.codes - z).square().sum(-1).argmin())
+            return [round(float(v), 5) for v in self.plane.points[nearest]]
+        return [round(float(v), 5) for v in self.plane.to_map(z.cpu().double().numpy()[None])[0]]
+
     def view(self, z: torch.Tensor, label: int | None) -> dict:
         """The decoded image of z, its place on the map and the slider positions."""
         with self.lock, torch.no_grad():
             image = self.model.decode(z[None], self._labels(label, 1))[0]
             walk = self.model.traversal(z, self.steps)  # (A, S, D)
         positions = (walk - z).square().sum(-1).argmin(-1).tolist()
-        return {"z": [round(float(v), 5) for v in z], "image": png_uri(image),
-                "point": [round(float(v), 5) for v in self.plane.to_map(z.cpu().double().numpy()[None])[0]],
+        return {"z": [round(float(v), 5) for v in z], "image": png_uri(image), "point": self.place(z),
                 "positions": positions, "label": label}
 
     def info(self) -> dict:
         labels = None if self.y is None else self.y.tolist()
         return {
-            "num_classes": self.model.num_classes, "latent_dim": self.dim, "steps": self.steps,
-            "image_shape": list(self.x.shape[1:]),
-            "axes": [{"axis": a, "kl": None if self.kl is None else round(float(self.kl[a]), 4)} for a in self.order],
+            "num_classes": self.model.num_classes, "class_names": self.class_names, "latent_dim": self.dim,
+            "steps": self.steps, "image_shape": list(self.x.shape[1:]), "images": len(self.x), "per_page": GALLERY,
+            "axis_name": names_of(self.model)["axis"], "classifies": hasattr(self.model, "predict_proba"),
+            "axes": [{"axis": a, "kl": None if self.kl is None else round(float(self.kl[a]), 4),
+                      "values": self.values[a]} for a in self.order],
             "map": {"points": np.round(self.plane.points, 4).tolist(), "labels": labels, "method": self.plane.method,
                     "xlabel": self.plane.xlabel, "ylabel": self.plane.ylabel},
-            "gallery": [{"index": i, "image": png_uri(self.shown[i]), "label": None if labels is None else labels[i]}
-                        for i in range(min(GALLERY, len(self.x)))],
+            "gallery": self._page(0, None)["images"],
         }
+
+    def _page(self, page: int, label: int | None) -> dict:
+        chosen = range(len(self.x)) if label is None or self.y is None else (self.y == label).nonzero()[:, 0].tolist()
+        pages = max(1, -(-len(chosen) // GALLERY))
+        if not 0 <= page < pages:
+            raise RequestError(f"page must be a whole number in 0..{pages - 1}, got {page!r}")
+        shown = chosen[page * GALLERY : (page + 1) * GALLERY]
+        return {"page": page, "pages": pages, "total": len(chosen),
+                "images": [{"index": int(i), "image": png_uri(self.shown[i]),
+                            "label": None if self.y is None else int(self.y[i])} for i in shown]}
+
+    def gallery(self, body: dict) -> dict:
+        """A page of GALLERY test images, of one class (label; -1: the unknown ones) or of all."""
+        label = body.get("label")
+        if label is not None:  # the test images' own labels (a model without classes may have them too)
+            if self.y is None:
+                raise RequestError("the test images have no labels: leave out the label")
+            label = self.int_in(body, "label", min(int(self.y.min()), 0), int(self.y.max()))
+        return self._page(self.int_in(body, "page", 0, 10**9, default=0), label)
+
+    def thumbnail(self, body: dict) -> dict:
+        i = self.index_of(body, "index")
+        return {"index": i, "image": png_uri(self.shown[i]), "label": None if self.y is None else int(self.y[i])}
 
     def decode(self, body: dict) -> dict:
         label = self.label_of(body)
@@ -151,7 +191,11 @@ class Explorer:
         point = body["point"]
         if not isinstance(point, list) or len(point) != 2:
             raise RequestError("point must be a list of 2 numbers (a place on the map)")
-        z = self.plane.to_latent(np.array(finite_numbers(point, "point"))[None])[0]
+        p = np.array(finite_numbers(point, "point"))
+        if self.plane.method == "tsne":  # t-SNE has no way back: the code of the nearest test image
+            nearest = int(np.square(self.plane.points - p).sum(-1).argmin())
+            return {**self.view(self.codes[nearest], label), "nearest": nearest}
+        z = self.plane.to_latent(p[None])[0]
         return self.view(torch.tensor(z, dtype=torch.float32, device=self.device), label)
 
     def slide(self, body: dict) -> dict:
@@ -163,14 +207,27 @@ class Explorer:
         return self.view(moved, label)
 
     def image(self, body: dict) -> dict:
+        """A test image: its code, reconstruction and view. A model that classifies (predict_proba: q(y|x))
+        reads the image with its own class guess, the label shown; one that is given classes, with the known one."""
         i = self.index_of(body, "index")
         known = None if self.y is None else int(self.y[i])
-        label = known if self.model.num_classes and known is not None and known >= 0 else self.label_of(body)
-        x, y = self.x[i : i + 1], None if self.y is None else self.y[i : i + 1]
+        x = self.x[i : i + 1]
+        probs = None
+        if self.model.num_classes and hasattr(self.model, "predict_proba"):
+            with self.lock, torch.no_grad():
+                probs = self.model.predict_proba(x)[0]
+            label, y = int(probs.argmax()), None  # the model's own q(y|x), not the true label
+        else:
+            label = known if self.model.num_classes and known is not None and known >= 0 else self.label_of(body)
+            y = None if self.y is None else self.y[i : i + 1]
         with self.lock, torch.no_grad():
             z = self.model.encode(x, y)[0]
             recon = self.model.reconstruct(x, y)[0]
-        return {**self.view(z, label), "index": i, "original": png_uri(self.shown[i]), "reconstruction": png_uri(recon)}
+        doc = {**self.view(z, label), "index": i, "original": png_uri(self.shown[i]), "reconstruction": png_uri(recon),
+               "true_label": known}
+        if probs is not None:
+            doc["class_probabilities"] = [round(float(p), 4) for p in probs]
+        return doc
 
     def interpolate(self, body: dict) -> dict:
         a, b = self.index_of(body, "from"), self.index_of(body, "to")
@@ -183,6 +240,19 @@ class Explorer:
         row = torch.cat([self.shown[a : a + 1], images, self.shown[b : b + 1]])
         return {"image": data_uri(plots.png_bytes(plots.image_grid(row, nrow=len(row), min_cell=1))),
                 "from": a, "to": b, "steps": steps}
+
+
+def step_values(walk: torch.Tensor, z: torch.Tensor, size: int) -> list[list[str]]:
+    """Per latent axis, what each step of its traversal sets the axis to: a value in z units (a Gaussian
+    dimension) or a category (a categorical variable of `size` dimensions)."""
+    moved = (walk - z).abs().sum(1).argmax(-1)  # per axis, a coordinate its walk changes
+    values = []
+    for a in range(walk.shape[0]):
+        start = int(moved[a]) - int(moved[a]) % size
+        block = walk[a, :, start : start + size]  # (S, size)
+        values.append([f"{float(v):+.2f}" for v in block[:, 0]] if size == 1
+                      else [f"category {int(k) + 1}" for k in block.argmax(-1)])
+    return values
 
 
 def finite_numbers(values: list, name: str) -> list[float]:
@@ -224,7 +294,8 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a drag sends many requests
     disable_nagle_algorithm = True  # else headers and body, written apart, wait ~40 ms for the client's delayed ACK
     routes = {"/api/decode": Explorer.decode, "/api/slide": Explorer.slide, "/api/image": Explorer.image,
-              "/api/interpolate": Explorer.interpolate}
+              "/api/interpolate": Explorer.interpolate, "/api/gallery": Explorer.gallery,
+              "/api/thumbnail": Explorer.thumbnail}
     timeout = SOCKET_TIMEOUT  # a client that stops sending (a Content-Length larger than its body) frees the thread
     hosts: frozenset[str] = frozenset(LOCAL_HOSTS)  # the Host values served (make_server adds the bound address)
 
@@ -352,12 +423,14 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -
         raise VaekitError(f"--port must be in 0..65535, got {port}") from None
 
 
-def load_explorer(run: str | Path, device: str = "cpu") -> Explorer:
-    """The explorer of a run folder: its best model and its own test images (binarized as in training)."""
+def load_explorer(run: str | Path, device: str = "cpu", method: str = "auto") -> Explorer:
+    """The explorer of a run folder: its best model and its own test images (binarized as in training);
+    method: the map (auto, pca or tsne)."""
     model = runs.load_model(Path(run), resolve_device(device))
     split, data_cfg, mode = runs.evaluation_data(run)
     test = test_targets(split, data_cfg.split_seed, mode, next(iter(model.parameters())).device)
-    return Explorer(model, test.x, test.y, shown=split.to_float(), name=Path(run).resolve().name)
+    return Explorer(model, test.x, test.y, shown=split.to_float(), name=Path(run).resolve().name,
+                    class_names=class_names(Path(run), model.num_classes), method=method)
 
 
 def url_of(server: Server) -> str:

@@ -30,6 +30,7 @@ codes of Fashion-MNIST).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import json
@@ -185,14 +186,19 @@ def predict_csv(run: Path, data: str | None = None) -> str:
         classes = classifier.classes_
     elif model.classifies:
         x = test_targets(split, data_cfg.split_seed, mode, "cpu").x
-        probs = torch.cat([model.predict_proba(xb) for xb in x.split(1024)]).double().numpy()
+        with torch.no_grad():
+            probs = torch.cat([model.predict_proba(xb) for xb in x.split(1024)]).double().numpy()
         classes = np.arange(probs.shape[1])
     else:
         raise VaekitError(f"{run} does not classify: train with --model {' or '.join(classifying_models())}, or fit M1 "
                           f"with `vaekit m1 {run}`")
+    names = ckpt.class_names(run, model.cfg.num_classes)  # an image folder's class names, else the numbers
+    named = [names[int(c)] if 0 <= int(c) < len(names) else str(c) for c in classes]
     out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
     index = split.index.tolist() if split.index is not None else range(len(split))
-    out.write("index,label," + ",".join(f"p{c}" for c in classes) + "\n")
+    numbered = names == [str(k) for k in range(len(names))]
+    writer.writerow(["index", "label", *(f"p{n}" if numbered else f"p_{n}" for n in named)])
     for i, p in zip(index, probs):
-        out.write(f"{i},{classes[int(np.argmax(p))]}," + ",".join(f"{v:.6f}" for v in p) + "\n")
+        writer.writerow([i, named[int(np.argmax(p))], *(f"{v:.6f}" for v in p)])
     return out.getvalue()

@@ -26,18 +26,24 @@ from . import checkpoint as ckpt
 from . import plots, runs
 from .data import test_targets
 from .errors import VaekitError
+from .evaluate import active_units_definition
+from .health import check, training_numbers
 from .latent_map import LatentMap, latent_map
+from .models.base import NAMES, names_of
 from .objectives import BOUND_NAMES, selected_bound
 
 REPORT = "report.html"
 MAP_IMAGES = 2000  # test images on the map (as latent.png)
 SWEEP_STEPS, TRAVERSAL_STEPS, INTERPOLATION_STEPS, PAIRS = 10, 9, 10, 6
 MAX_TRAVERSAL_ROWS = 32
+UNUSED_KL = 0.01  # nats: a traversal row of an axis with less KL is not drawn (the decoder ignores that axis)
 
-# The numbers of an evaluation shown first, in this order; every other number follows by name.
-HEADLINE = [("neg_elbo", "−ELBO"), ("recon", "reconstruction −E<sub>q</sub>[log p(x|z)]"), ("kl", "KL(q(z|x) ‖ p(z))"),
-            ("nll", "−log p(x), IWAE"), ("neg_elbo_bits_per_dim", "−ELBO, bits/dim"),
-            ("nll_bits_per_dim", "−log p(x), bits/dim"), ("active_units", "active units")]
+# The numbers of an evaluation shown first, in this order (named by what the model measures: its
+# `names`, models/base.py); every other number follows by name.
+HEADLINE = [("neg_elbo", "{neg_elbo}"), ("recon", "reconstruction {recon}"), ("kl", "{kl}"), ("nll", "{nll}, IWAE"),
+            ("neg_elbo_bits_per_dim", "{neg_elbo}, bits/dim"), ("nll_bits_per_dim", "{nll}, bits/dim"),
+            ("active_units", "active units ({axis}s)")]
+LONG_LIST = 16  # a per-axis list longer than this is summarised, the values folded away
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 1em 2em; color: #222; }
@@ -50,6 +56,8 @@ figure { margin: 0.6em 0 1.2em; } figcaption { color: #555; font-size: 0.92em; m
 .gallery { display: flex; flex-wrap: wrap; gap: 1em; } .gallery figure { margin: 0; }
 details pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .note { background: #fff8e0; padding: 0.5em 0.8em; border-left: 3px solid #e0b000; }
+.warning { background: #fdecea; padding: 0.6em 0.9em; border-left: 4px solid #c62828; margin: 0.8em 0; }
+.warning b { color: #b71c1c; }
 """
 
 
@@ -99,26 +107,58 @@ def config_section(run: Path) -> str:
             + ")</summary><table><tr><th></th><th>setting</th><th>value</th></tr>" + "".join(rows) + "</table></details>")
 
 
-def evaluation_table(name: str, result: dict) -> str:
+def _list_cell(value: list) -> str:
+    """A per-axis or per-class list: its values, or for a long one a summary with the values folded away."""
+    text = " ".join(f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)) for v in value)
+    numeric = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(value) <= LONG_LIST or len(numeric) != len(value):
+        return f"<td>{text}</td>"
+    above = sum(v > 0.01 for v in numeric)
+    return (f"<td><details><summary>{len(value)} values from {min(numeric):.3f} to {max(numeric):.3f}, "
+            f"{above} above 0.01</summary>{text}</details></td>")
+
+
+def evaluation_table(name: str, result: dict, names: dict | None = None) -> str:
     source = f"evaluation:{name}"
+    names = {**NAMES, **result.get("names", {}), **(names or {})}
     rows = []
     keys = [k for k, _ in HEADLINE]
     for key, label in HEADLINE:
         if key in result:
-            rows.append(f"<tr><td>{label}</td>{_cell(source, key, result[key], result.get(key + '_se'))}</tr>")
+            text = html.escape(label.format(**names)).replace("-", "−")
+            rows.append(f"<tr><td>{text}</td>{_cell(source, key, result[key], result.get(key + '_se'))}</tr>")
+    if "active_units" in result:
+        rows.append(f'<tr><td colspan="2" class="sub">{html.escape(active_units_definition(result))}</td></tr>')
     lists = []
     for key, value in result.items():  # whatever else the model reported: conditional accuracy, label error, ...
-        if key in keys or key.endswith("_se") or key in ("dataset", "n_images", "iw_samples", "latent_dim"):
+        if key in keys or key.endswith("_se") or key in ("dataset", "n_images", "iw_samples", "latent_dim", "latent_axes",
+                                                         "names", "warnings"):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             rows.append(f"<tr><td>{html.escape(key.replace('_', ' '))}</td>{_cell(source, key, value, result.get(key + '_se'))}</tr>")
         elif isinstance(value, list):
-            lists.append(f"<tr><td>{html.escape(key.replace('_', ' '))}</td><td>"
-                         + " ".join(f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)) for v in value) + "</td></tr>")
+            label = key.replace("_", " ").replace("per dim", f"per {names['axis']}")
+            lists.append(f"<tr><td>{html.escape(label)}</td>{_list_cell(value)}</tr>")
     title = (f"Test set of {html.escape(str(result.get('dataset', name)))}: {result.get('n_images')} images, "
              f"K = {result.get('iw_samples')} importance samples; nats per image, ± a standard error")
-    return (f"<h3>{title}</h3><table><tr><th>term</th><th>value</th></tr>" + "".join(rows) + "</table>"
-            + (f"<table><tr><th>per dimension / class</th><th></th></tr>{''.join(lists)}</table>" if lists else ""))
+    return (f'<h3 data-k="{result.get("iw_samples")}">{title}</h3><table><tr><th>term</th><th>value</th></tr>'
+            + "".join(rows) + "</table>"
+            + (f"<table><tr><th>per {names['axis']} / class</th><th></th></tr>{''.join(lists)}</table>" if lists else ""))
+
+
+def k_table(run: Path, names: dict) -> str:
+    """The IWAE estimate at every K the run was evaluated with (evaluation-K<K>.json), one row per K."""
+    by_k = ckpt.evaluations_by_k(run)
+    keys = sorted({key for results in by_k.values() for key in results})
+    if len(by_k) < 2:
+        return ""
+    nll = html.escape(names["nll"]).replace("-", "−")
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    rows = "".join(f"<tr><td>K = {k}</td>" + "".join(
+        _cell(f"evaluation-K{k}:{key}", "nll", results[key].get("nll"), results[key].get("nll_se")) if key in results
+        else "<td></td>" for key in keys) + "</tr>" for k, results in by_k.items())
+    return (f"<h3>{nll} (IWAE) at each K the run was evaluated with</h3><table class=\"by-k\"><tr><th>K</th>{head}</tr>"
+            f"{rows}</table>")
 
 
 def validation_table(metrics: list[dict]) -> str:
@@ -139,11 +179,13 @@ def validation_table(metrics: list[dict]) -> str:
             f"<th>validation</th></tr>{rows}</table>")
 
 
-def metrics_section(run: Path, metrics: list[dict]) -> str:
+def metrics_section(run: Path, metrics: list[dict], names: dict | None = None) -> str:
     evaluations = ckpt.read_evaluations(run)
+    names = {**NAMES, **(names or {})}
     parts = ["<h2>Numbers</h2>"]
     if evaluations:
-        parts += [evaluation_table(name, result) for name, result in evaluations.items()]
+        parts += [evaluation_table(name, result, names) for name, result in evaluations.items()]
+        parts.append(k_table(run, names))
     else:
         parts.append(f'<p class="note">No test-set numbers yet: <code>vaekit evaluate {html.escape(str(run))}</code> '
                      "adds the test −ELBO, the IWAE estimate of −log p(x) and the model's own numbers "
@@ -165,6 +207,20 @@ def curves_section(metrics: list[dict], curves: bytes | None = None) -> str:
     return "".join(parts)
 
 
+def warnings_banner(run: Path, model, metrics: list[dict], x: torch.Tensor, y: torch.Tensor | None) -> str:
+    """A banner at the top of the page when the run failed quietly (health.py): the warnings of its
+    evaluations, or else those of its training numbers."""
+    evaluations = ckpt.read_evaluations(run)
+    lines = [w for r in evaluations.values() for w in r.get("warnings", []) if isinstance(w, str)]
+    if not evaluations:
+        lines = [f.line() for f in check(training_numbers(model, metrics, x, y), metrics, model.num_classes)]
+    lines = list(dict.fromkeys(lines))
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return (f'<div class="warning" id="warnings"><b>This run may have failed quietly.</b><ul>{items}</ul></div>')
+
+
 def _labels_for(model, y: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
     """The classes to decode n points with: y where known (class 0 where not); None for a model without classes."""
     if not model.num_classes:
@@ -174,10 +230,11 @@ def _labels_for(model, y: torch.Tensor | None, n: int, device) -> torch.Tensor |
     return y.clamp(min=0)
 
 
-def map_section(model, plane: LatentMap, y: torch.Tensor | None) -> str:
+def map_section(model, plane: LatentMap, y: torch.Tensor | None, names: list[str] | None = None) -> str:
     how = {"raw": "the two latent dimensions themselves", "pca": "the first two principal components of the codes",
            "tsne": "t-SNE of the codes"}[plane.method]
-    fig = plots.latent_plot(plane.points, y, plane.xlabel, plane.ylabel)
+    names = names or [str(c) for c in range(model.num_classes)]
+    fig = plots.latent_plot(plane.points, y, plane.xlabel, plane.ylabel, names)
     parts = ["<h2>Latent space</h2>", _figure(plots.figure_png(fig), f"posterior means E[z|x] of {len(plane.points)} "
                                               f"test images, coloured by label: {how}", "plot")]
     device = model_device(model)
@@ -189,7 +246,7 @@ def map_section(model, plane: LatentMap, y: torch.Tensor | None) -> str:
         figures = []
         for c in range(model.num_classes):
             grid = plots.image_grid(model.decode(z, torch.full((len(z),), c, device=device)), nrow=SWEEP_STEPS, min_cell=16)
-            figures.append(_figure(plots.png_bytes(grid), f"class {c}"))
+            figures.append(_figure(plots.png_bytes(grid), f"class {html.escape(names[c])}"))
         parts.append(f'<p>{caption}, drawn as each class:</p><div class="gallery">{"".join(figures)}</div>')
     else:
         parts.append(_figure(plots.png_bytes(plots.image_grid(model.decode(z), nrow=SWEEP_STEPS)), caption))
@@ -230,7 +287,9 @@ def reconstruction_section(model, x: torch.Tensor, y: torch.Tensor | None, shown
     per_row, rows = 8, []
     for start in range(0, len(x), per_row):
         rows += [p[start : start + per_row] for p in parts]
-    grid = plots.png_bytes(plots.image_grid(torch.cat(rows), nrow=per_row))
+    names = ["test image", "binarized", "reconstruction"] if len(parts) == 3 else ["test image", "reconstruction"]
+    grid = plots.png_bytes(plots.label_rows(plots.image_grid(torch.cat(rows), nrow=per_row),
+                                            names * (len(rows) // len(parts))))
     what = ("test images, the same binarized (as the model sees them), and their reconstructions E[x|z = E[z|x]]"
             if len(parts) == 3 else "test images above their reconstructions E[x|z = E[z|x]]")
     return "<h2>Reconstructions</h2>" + _figure(grid, f"groups of {len(parts)} rows: {what}")
@@ -265,11 +324,19 @@ def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: tor
     flat = walk[torch.as_tensor(rows.copy(), device=walk.device)].flatten(0, 1)
     images = model.decode(flat, None if labels is None else labels.expand(len(flat)))
     images = images.view(len(rows), walk.shape[1], *x.shape[1:])
-    table = []
+    table, unused = [], []
+    axis_name = names_of(model)["axis"]
     for row, axis in zip(images, rows):
+        if kl is not None and kl[axis] < UNUSED_KL:  # rows that do not change: one line for all of them
+            unused.append(axis + 1)
+            continue
         strip = plots.png_bytes(plots.image_grid(row, nrow=walk.shape[1]))
         kl_text = f"{kl[axis]:.3f}" if kl is not None else "n/a"
-        table.append(f'<tr><td>axis {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}", scale=2)}</td></tr>')
+        table.append(f'<tr><td>{axis_name} {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}", scale=2)}</td></tr>')
+    if unused:
+        listed = ", ".join(map(str, unused))
+        table.append(f'<tr class="unused"><td>{len(unused)} {axis_name}s</td><td class="num">&lt; {UNUSED_KL:g}</td>'
+                     f"<td>{axis_name}s {listed}: KL near 0, unused by the model (their rows would not change)</td></tr>")
     original = plots.png_bytes(plots.image_grid(shown[:1], nrow=1))
     more = f" (the {MAX_TRAVERSAL_ROWS} of most KL)" if walk.shape[0] > MAX_TRAVERSAL_ROWS else ""
     return ("<h2>Latent traversals</h2><p>Starting from the code of the test image "
@@ -293,16 +360,18 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
     data_cfg, model_cfg, _ = runs.read_config(run)
     x, y = test.x[:MAP_IMAGES], None if test.y is None else test.y[:MAP_IMAGES]
     shown = x if shown is None else shown[:MAP_IMAGES].to(x.device)
-    sections = [config_section(run), metrics_section(run, metrics)]
+    sections = [warnings_banner(run, model, metrics, x, y), config_section(run),
+                metrics_section(run, metrics, names_of(model))]
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         torch.manual_seed(seed)
         sections.append(curves_section(metrics, pictures.get("curves.png")))
-        samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model))
+        names = ckpt.class_names(run, model.num_classes)
+        samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model, names=names))
         sections.append("<h2>Samples</h2>" + _figure(samples, "E[x|z], z drawn from the prior" + (
             " (of the class), one row per class" if model.num_classes else "")))
         sections.append(reconstruction_section(model, x, y, shown))
         plane = latent_map(model.encode(x, y).cpu().numpy(), method, seed)
-        sections.append(map_section(model, plane, y))
+        sections.append(map_section(model, plane, y, names))
         sections.append(interpolation_section(model, x, y, shown))
         sections.append(traversal_section(model, x, y, shown))
     title = f"vaekit run {run.resolve().name}"

@@ -20,6 +20,7 @@ from .config import DataConfig, ModelConfig, TrainConfig
 from .data import DeviceData, EpochPlan, ImageDataset
 from .ema import EMA
 from .errors import VaekitError
+from .progress import EpochLines
 from .tensorboard import TensorBoardLog
 
 
@@ -108,6 +109,7 @@ class Training:
     val_data: DeviceData
     plan: EpochPlan
     board: TensorBoardLog | None = None  # --tensorboard DIR
+    lines: EpochLines | None = None  # off a terminal: a line per epoch (progress.py)
 
     @property
     def averaged(self) -> torch.nn.Module:

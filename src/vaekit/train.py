@@ -35,6 +35,8 @@ from .errors import VaekitError
 from .guards import StopOnSignal, check_finite, interrupted
 from .objectives import BOUND_NAMES
 from .prepare import prepare
+from .progress import EpochLines
+from .progress import wanted as progress_lines
 from .run_state import TermSums, Training, TrainState
 from .schedules import kl_weight, lr_factor
 from .tensorboard import TensorBoardLog
@@ -71,6 +73,7 @@ def fit(
                 try:
                     t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not (resume and (out / ckpt.LAST).is_file()))
                     t.board = board
+                    t.lines = EpochLines(t.cfg.epochs) if group.is_main and progress_lines(progress) else None
                     return train(t, resume, overwrite, progress)
                 finally:
                     if board is not None:
@@ -136,6 +139,8 @@ def start(t: Training, resume: bool, overwrite: bool) -> TrainState:
     if group.is_main:
         ckpt.save_config(out, t.data_cfg, t.model_cfg, t.cfg)
         fingerprint.record(out, t.dataset)
+        if t.dataset.class_names:  # the classes by name (an image folder's subfolders)
+            ckpt.save_class_names(out, t.dataset.class_names)
         if t.plan.labelled is not None:  # exactly which training images were labelled
             ckpt.save_labelled(out, t.dataset.train.index[t.plan.labelled], t.dataset.train.y[t.plan.labelled])
     group.barrier()
@@ -245,6 +250,8 @@ def log(t: Training, state: TrainState, timing: dict, bar: tqdm) -> None:
             "seconds": time.perf_counter() - timing["start"],
         }
         ckpt.append_metrics(t.out, record)
+        if t.lines is not None:
+            t.lines.epoch(record, state.bound)
         if t.board is not None:
             t.board.epoch(record, t.averaged)
     state.save(t)

@@ -31,7 +31,8 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
     sample(n, labels=None)            n images in [0, 1]; labels: one int or n ints, for num_classes > 0
     reconstruct(x, y=None)            images in [0, 1]
     encode(x, y=None) -> (B, D)       a point per image (the posterior mean): maps, active units
-    decode(z, labels=None)            images in [0, 1] of latent points z: (B, D)
+    decode(z, labels=None, draw=False) images in [0, 1] of latent points z: (B, D): the mean image E[x|z]
+                                      (draw=True: an image drawn from p(x|z))
     traversal(z, steps) -> (A, S, D)  latent points that walk each latent axis of one point z: (D,), the
                                       others kept at z's values: a Gaussian dimension over S quantiles
                                       of its prior, a categorical variable over its K categories. Axis
@@ -39,6 +40,14 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
     metrics(context) -> dict          numbers only this model has (e.g. the judge of conditional samples)
     posterior(x, c), prior(c), likelihood(z, c)   (optional) the distributions, for objectives.py's generic
                                       bounds; the loop never calls them
+    names (optional)                  {term: what it measures}, over NAMES: e.g. the CVAE's nll is -log p(x|c);
+                                      "axis" names one latent axis ("dimension", "variable")
+    axis_size (optional)              code dimensions per latent axis (default 1; a categorical variable of K
+                                      categories: K); active units and per-axis numbers count axes
+
+encode, decode, sample, reconstruct and traversal follow the caller's grad mode (torch.no_grad() or
+not), so gradients reach z or the weights where the caller asks; the pictures, the report and the
+explorer call them under torch.no_grad().
 """
 
 from __future__ import annotations
@@ -54,6 +63,28 @@ from ..config import ModelConfig
 from ..errors import VaekitError
 
 LABEL_NEEDS = ("none", "all", "some")
+
+# What the evaluation terms measure, for a model that draws without a class; a model's `names` replace some.
+NAMES = {"neg_elbo": "-ELBO", "recon": "-E_q[log p(x|z)]", "kl": "KL(q(z|x) || p(z))", "nll": "-log p(x)",
+         "axis": "dimension"}
+
+
+def names_of(model) -> dict[str, str]:
+    """What each evaluation term of this model measures (NAMES, with the model's own `names`)."""
+    return {**NAMES, **getattr(model, "names", {})}
+
+
+def warmup_epochs(options: dict, epochs: float = 100.0) -> float:
+    """A KL warm-up of `epochs` epochs (the VampPrior paper's 100), or a third of a shorter run's --epochs."""
+    given = options.get("epochs")
+    if isinstance(given, int) and not isinstance(given, bool) and given > 0:
+        return float(min(epochs, max(1, given // 3)))
+    return epochs
+
+
+def axis_size(model) -> int:
+    """Code dimensions per latent axis of this model (its `axis_size`, default 1)."""
+    return int(getattr(model, "axis_size", 1))
 
 
 @dataclass
@@ -85,7 +116,7 @@ class Model(Protocol):
     def sample(self, n: int, labels: Any = None) -> torch.Tensor: ...
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor: ...
-    def decode(self, z: torch.Tensor, labels: Any = None) -> torch.Tensor: ...
+    def decode(self, z: torch.Tensor, labels: Any = None, *, draw: bool = False) -> torch.Tensor: ...
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor: ...
     def metrics(self, context: EvalContext) -> dict: ...
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

@@ -40,12 +40,12 @@ from torch.distributions import Categorical, Independent
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from ..config import ModelConfig, _opt
-from ..distributions import likelihood_mean
+from ..distributions import likelihood_image, likelihood_mean
 from ..errors import VaekitError
 from ..likelihoods import pixel_likelihood
 from ..nets import make_classifier, make_decoder
 from ..objectives import iwae_bound
-from .base import EvalContext, check_count, class_labels
+from .base import EvalContext, check_count, class_labels, warmup_epochs
 
 ESTIMATORS = ("gumbel", "straight-through", "reinforce")
 BASELINE_DECAY = 0.99  # of the moving-average baseline; about the last 100 steps
@@ -76,11 +76,21 @@ class CategoricalVAE(nn.Module):
     labels = "none"
     classifies = False
     bound = "neg_elbo"  # the per-example term validation keeps the best weights by
+    axis_size = 0  # set per instance: a latent axis is one variable, its K one-hot dimensions
+    names = {"axis": "variable"}
+
+    @staticmethod
+    def training_defaults(options: dict) -> dict:
+        """A KL warm-up over 100 epochs: the exact KL pulls every q(z_g|x) onto the uniform prior before the
+        decoder has learnt to read the codes, and a run can end in posterior collapse (KL near 0, no
+        active variable; see health.py). Not for a fine-tuning (--init-from)."""
+        return {} if options.get("init_from") else {"kl_warmup": warmup_epochs(options)}
 
     def __init__(self, cfg: CategoricalConfig):
         super().__init__()
         self.cfg = cfg
         self.groups, self.categories = cfg.groups, cfg.categories
+        self.axis_size = cfg.categories
         self.encoder = make_classifier(cfg, cfg.groups * cfg.categories)  # x -> logits (B, G*K)
         self.decoder = make_decoder(cfg, cfg.groups * cfg.categories)  # z (B, G*K) -> pixels
         # The reinforce baseline: an exponential moving average of the batch-mean reconstruction term,
@@ -197,7 +207,6 @@ class CategoricalVAE(nn.Module):
         return {}
 
     # ---- uses
-    @torch.no_grad()
     def sample(self, n: int, labels: object = None) -> torch.Tensor:
         """n images E[x|z], z drawn from the uniform prior: (n, C, H, W) in [0, 1]."""
         n = check_count(n)
@@ -205,7 +214,6 @@ class CategoricalVAE(nn.Module):
         index = torch.randint(self.categories, (n, self.groups), device=self.baseline_mean.device)
         return likelihood_mean(self.likelihood(self._onehot(index)))
 
-    @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The posterior mean of the one-hot code, q(z_g = k | x): (B, G*K)."""
         return self.posterior_logits(x).exp().flatten(1)
@@ -214,20 +222,18 @@ class CategoricalVAE(nn.Module):
         """The most probable category of each variable of codes z: (B, G*K) -> one-hot (B, G*K)."""
         return self._onehot(z.view(len(z), self.groups, self.categories).argmax(-1))
 
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z = the mode of q(z|x)]: (B, C, H, W)."""
         return likelihood_mean(self.likelihood(self._mode(self.encode(x))))
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, labels: object = None) -> torch.Tensor:
-        """E[x | z] for codes z: (B, G*K), one-hot per variable (or a point of each simplex)."""
+    def decode(self, z: torch.Tensor, labels: object = None, *, draw: bool = False) -> torch.Tensor:
+        """The mean image E[x | z] of codes z: (B, G*K), one-hot per variable (or a point of each simplex);
+        draw=True: an image drawn from p(x|z)."""
         class_labels(labels, len(z), 0, z.device)
         if z.dim() != 2 or z.shape[1] != self.groups * self.categories:
             raise VaekitError(f"codes must have shape (n, {self.groups * self.categories}), got {tuple(z.shape)}")
-        return likelihood_mean(self.likelihood(z.float()))
+        return likelihood_image(self.likelihood(z.float()), draw)
 
-    @torch.no_grad()
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
         """The mode of code z: (D,), with each variable set to each of its K categories: (G, K, D)."""
         base = self._mode(z[None])[0].view(self.groups, self.categories)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent
 
 from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_mean, normal_kl
+from ..distributions import diagonal_gaussian, likelihood_image, likelihood_mean, normal_kl
 from ..errors import VaekitError
 from ..likelihoods import pixel_likelihood
 from ..nets import make_encoder, make_networks
@@ -48,6 +48,7 @@ class HVAE(nn.Module):
     labels = "none"
     classifies = False
     bound = "neg_elbo"  # the per-example term validation keeps the best weights by
+    names = {"recon": "-E_q[log p(x|z1,z2)]", "kl": "KL(q(z1,z2|x) || p(z1,z2))"}
 
     def __init__(self, cfg: HVAEConfig):
         super().__init__()
@@ -132,7 +133,6 @@ class HVAE(nn.Module):
         return {}
 
     # ---- uses: a latent point is (z1, z2) concatenated, (B, D1 + D2)
-    @torch.no_grad()
     def sample(self, n: int, labels: object = None) -> torch.Tensor:
         """n images E[x|z1,z2], z2 ~ p(z2), z1 ~ p(z1|z2): (n, C, H, W) in [0, 1]."""
         n = check_count(n)
@@ -140,24 +140,21 @@ class HVAE(nn.Module):
         z2 = self.prior().sample((n,))
         return likelihood_mean(self.likelihood(self.conditional_prior(z2).sample(), z2))
 
-    @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(E[z1 | x, z2 = E[z2|x]], E[z2|x]): (B, D1 + D2)."""
         z2 = self.top_posterior(x).mean
         return torch.cat([self.bottom_posterior(self.encoder.body(x), z2).mean, z2], -1)
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, labels: object = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: object = None, *, draw: bool = False) -> torch.Tensor:
+        """The mean image E[x | z1, z2] of latent points (z1, z2): (B, D1 + D2) (draw=True: drawn from p(x|z1,z2))."""
         class_labels(labels, len(z), 0, z.device)
         if z.dim() != 2 or z.shape[1] != self.d1 + self.d2:
             raise VaekitError(f"latent points must have shape (n, {self.d1 + self.d2}) (z1 then z2), got {tuple(z.shape)}")
-        return likelihood_mean(self.likelihood(z[:, : self.d1], z[:, self.d1 :]))
+        return likelihood_image(self.likelihood(z[:, : self.d1], z[:, self.d1 :]), draw)
 
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.decode(self.encode(x))
 
-    @torch.no_grad()
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
         """Each coordinate of (z1, z2) over N(0, 1) quantiles: (D1 + D2, steps, D1 + D2)."""
         return gaussian_traversal(z, steps)

@@ -43,7 +43,7 @@ from torch.distributions import Distribution, Independent
 
 from ..classifier import judge_conditional_samples
 from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_mean
+from ..distributions import diagonal_gaussian, likelihood_image, likelihood_mean
 from ..errors import VaekitError
 from ..likelihoods import pixel_likelihood
 from ..nets import make_classifier, make_networks
@@ -189,7 +189,6 @@ class M2(nn.Module):
         terms["label_error"] = (log_qy.argmax(-1) != y)[y >= 0].float()
         return terms
 
-    @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """q(y|x): (B, K)."""
         return self.label_posterior(x).exp()
@@ -199,7 +198,6 @@ class M2(nn.Module):
         return judge_conditional_samples(self, context)
 
     # ---- uses
-    @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
         """n images E[x|y,z], z ~ p(z): (n, C, H, W) in [0, 1], for labels y (one int or n ints)."""
         n = check_count(n)
@@ -210,21 +208,19 @@ class M2(nn.Module):
         guess = self.label_posterior(x).argmax(-1)
         return guess if y is None else torch.where(y >= 0, y, guess)
 
-    @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[z | x, y], with y the known label or else the classifier's guess: (B, D)."""
         return self.posterior(x, self._known_or_predicted(x, y)).mean
 
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         y = self._known_or_predicted(x, y)
         return likelihood_mean(self.likelihood(self.posterior(x, y).mean, y))
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor:
-        return likelihood_mean(self.likelihood(z, class_labels(labels, len(z), self.num_classes, z.device)))
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None, *,
+               draw: bool = False) -> torch.Tensor:
+        """The mean image E[x | y, z] of latent points z: (B, D) and labels (draw=True: an image drawn from p(x|y,z))."""
+        return likelihood_image(self.likelihood(z, class_labels(labels, len(z), self.num_classes, z.device)), draw)
 
-    @torch.no_grad()
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
         """Each dimension of z: (D,) over its prior's quantiles: (D, steps, D)."""
         return gaussian_traversal(z, steps)
