@@ -82,7 +82,8 @@ def test_bounds_keep_their_identities(trained):
     assert (b["nll"] > 0).all() and b["nll"].mean() < 64 * math.log(2) * 2
     if "kl_per_dim" in b:
         assert b["kl_per_dim"].shape[0] == 32
-        torch.testing.assert_close(b["kl_per_dim"].sum(-1), b["kl"], rtol=1e-5, atol=1e-4)
+        # the latent dimensions' KL is all of kl, or a part of it (M2's kl also holds the KL of q(y|x), >= 0)
+        assert (b["kl_per_dim"] >= -1e-5).all() and (b["kl_per_dim"].sum(-1) <= b["kl"] + 1e-4).all()
 
 
 def test_uses_have_the_documented_shapes_and_ranges(trained):
