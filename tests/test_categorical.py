@@ -194,6 +194,7 @@ def test_a_categorical_run_trains_evaluates_and_draws(tmp_path, capsys):
     codes = model.traversal(model.encode(digits_batch(1))[0])
     assert codes.shape == (4, 3, 12) and is_one_hot(codes.flatten(0, 1), 4, 3)
     assert all(torch.equal(codes[g, k].view(4, 3)[g], torch.eye(3)[k]) for g in range(4) for k in range(3))
+    capsys.readouterr()  # what training printed
     assert main(["evaluate", str(run), "--iw-samples", "10", "--limit", "20", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["neg_elbo"] == result["recon"] + result["kl"] and result["nll"] > 0

@@ -135,7 +135,8 @@ def test_an_evaluation_with_another_k_keeps_the_earlier_one(run, capsys):
 
 
 def test_an_evaluation_of_an_older_run_keeps_its_k_too(run, capsys):
-    old = {"digits": {"dataset": "digits", "iw_samples": 1000, "nll": 25.0, "n_images": 359}}
+    old = {"digits": {"dataset": "digits", "iw_samples": 1000, "n_images": 359, "neg_elbo": 26.0, "recon": 20.0, "kl": 6.0,
+                      "nll": 25.0}}
     (run / "evaluation.json").write_text(json.dumps(old))  # vaekit <= 0.2 kept only evaluation.json
     assert main(["evaluate", str(run), "--iw-samples", "2", "--json"]) == 0
     assert json.loads((run / "evaluation-K1000.json").read_text()) == old

@@ -80,7 +80,7 @@ def evaluate(
         raise VaekitError(f"--max-batch must be at least 1, got {max_batch}")
     images_per_batch = max(1, min(len(x), max_batch // iw_samples))
     sample_chunk = max(1, min(iw_samples, max_batch // images_per_batch))
-    check_fits(images_per_batch * sample_chunk * pair_bytes(tuple(x.shape[1:]), getattr(model.cfg, "width", 16)),
+    check_fits(images_per_batch * sample_chunk * pair_bytes(tuple(x.shape[1:]), getattr(getattr(model, "cfg", None), "width", 16)),
                f"a decoder pass over {images_per_batch * sample_chunk} (image, sample) pairs (--max-batch "
                f"{max_batch}, --iw-samples {iw_samples})", x.device)
     values: dict[str, list[torch.Tensor]] = {}

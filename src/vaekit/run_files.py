@@ -78,6 +78,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 EVALUATION_NUMBERS = ("neg_elbo", "recon", "kl", "nll")
 
 
+EVALUATION_TEXTS = ("dataset", "likelihood", "density")  # the texts of an evaluate() result; the rest are numbers,
+# lists of numbers, `warnings` (texts) and `names` (term -> what it measures)
+
+
 def read_evaluations(path: Path) -> dict[str, dict[str, Any]]:
     """{} when the file is missing; a file whose results are not evaluate() results is Damaged."""
     try:
@@ -99,9 +103,17 @@ def read_evaluations(path: Path) -> dict[str, dict[str, Any]]:
         _require(is_count(result.get("n_images"), 1) and is_count(result.get("iw_samples"), 1), path,
                  f"{name!r} lacks n_images or iw_samples", fix)
         for key, value in result.items():
-            ok = (value is None or is_number(value) or (key == "dataset" and isinstance(value, str))
-                  or (isinstance(value, list) and all(is_number(v) for v in value)))
-            _require(ok, path, f"{name!r}: {key} is not a finite number", fix)
+            if key in EVALUATION_TEXTS:
+                _require(isinstance(value, str), path, f"{name!r}: {key} is not a text", fix)
+            elif key == "warnings":
+                _require(isinstance(value, list) and all(isinstance(v, str) for v in value), path,
+                         f"{name!r}: warnings is not a list of texts", fix)
+            elif key == "names":
+                _require(isinstance(value, dict) and all(isinstance(v, str) for v in value.values()), path,
+                         f"{name!r}: names is not an object of texts", fix)
+            else:
+                ok = value is None or is_number(value) or (isinstance(value, list) and all(is_number(v) for v in value))
+                _require(ok, path, f"{name!r}: {key} is not a finite number", fix)
     return doc
 
 
