@@ -83,6 +83,7 @@ def test_a_hierarchical_run_trains_evaluates_and_draws(tmp_path, capsys):
     run = vaekit.train(tmp_path / "hvae", model="hvae", prior="vamp", prior_components=4, epochs=2, **TINY)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"train_kl_top", "train_kl_bottom", "val_kl_top", "val_kl_bottom"} <= set(rows[-1])
+    capsys.readouterr()  # what training printed
     assert main(["evaluate", str(run), "--iw-samples", "20", "--limit", "30", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["neg_elbo"] == result["recon"] + result["kl"] and result["latent_dim"] == 8

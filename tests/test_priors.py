@@ -132,6 +132,7 @@ def test_a_run_with_each_prior_trains_and_evaluates(prior, tmp_path, capsys):
     import json
 
     run = vaekit.train(tmp_path / prior, prior=prior, prior_components=5, epochs=2, **TINY)
+    capsys.readouterr()  # what training printed
     assert main(["evaluate", str(run), "--iw-samples", "20", "--limit", "30", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["neg_elbo"] == result["recon"] + result["kl"] and "kl_per_dim" not in result

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, health, models
+from . import health, models
 from .config import DataConfig, ModelConfig, TrainConfig, flag
 from .data import Split, load_dataset, stored_location, test_targets
 from .devices import resolve_device
@@ -108,13 +108,14 @@ def train(
         train_cfg = dataclasses.replace(train_cfg, **options)
     else:
         data_cfg, model_cfg, train_cfg = make_configs(**options)
-    out = fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress,
-              tensorboard=tensorboard)
-    if pictures and distributed.is_main_process():
+
+    def draw(run: Path) -> None:  # in the run's lock: no other vaekit process writes it meanwhile
         from .report import render_run  # matplotlib loads only where pictures are drawn
 
-        render_run(out, resolve_device(train_cfg.device))
-    return out
+        render_run(run, resolve_device(train_cfg.device))
+
+    return fit(data_cfg, model_cfg, train_cfg, out, overwrite=overwrite, resume=resume, progress=progress,
+               tensorboard=tensorboard, then=draw if pictures else None)
 
 
 def train_recipe(

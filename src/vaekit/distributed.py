@@ -82,11 +82,6 @@ def launched_by_torchrun() -> bool:
     return _env_int("WORLD_SIZE", "1", 1, 65536) > 1
 
 
-def is_main_process() -> bool:
-    """Whether this process is rank 0 (or the only one): the one that writes the run folder."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def setup(device: torch.device, timeout_s: float) -> Group:
     """Join the torchrun process group if there is one; returns this process's place in it."""
     if not launched_by_torchrun():

@@ -18,6 +18,7 @@ an interrupted run resumes to exactly the run it would have been.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import sys
 import time
 from pathlib import Path
@@ -54,13 +55,15 @@ def fit(
     resume: bool = False,
     progress: bool | None = None,
     tensorboard: str | Path | None = None,
+    then: Callable[[Path], None] | None = None,
 ) -> Path:
     """Train a model and write its run folder (configs, weights, checkpoints, metrics); returns the folder.
 
     With resume=True the configs are the run's own (api.train reads them from config.json, with the
     epochs and device the user changed). Under torchrun, trains with DDP (see distributed.py).
     Raises guards.Interrupted after SIGINT/SIGTERM, once a checkpoint is written. tensorboard: a folder
-    to log each epoch's numbers and samples to as TensorBoard events, too.
+    to log each epoch's numbers and samples to as TensorBoard events, too. then: what the caller does with
+    the trained run while its folder is still locked (api.train: its pictures and report), on rank 0.
     """
     out = Path(out)
     keep_freed_memory()  # steps reuse freed memory instead of faulting it in again (allocator.py)
@@ -74,7 +77,10 @@ def fit(
                     t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not (resume and (out / ckpt.LAST).is_file()))
                     t.board = board
                     t.lines = EpochLines(t.cfg.epochs) if group.is_main and progress_lines(progress) else None
-                    return train(t, resume, overwrite, progress)
+                    train(t, resume, overwrite, progress)
+                    if then is not None and group.is_main:
+                        then(out)
+                    return out
                 finally:
                     if board is not None:
                         board.close()
