@@ -333,3 +333,47 @@ def test_unlabelled_data_draws_its_latent_map_without_warnings(tmp_path):
         run = vaekit.train(tmp_path / "r", dataset=str(tmp_path / "plain.npz"), epochs=1, width=4, hidden=16,
                            progress=False)
     assert (run / "latent.png").is_file()
+
+
+def test_every_whole_number_a_user_can_give_has_a_range_the_code_can_honour(tmp_path, capsys):
+    """An integer beyond 64 bits (or one that overflows a product later) is refused in one line, for every int
+    field of every config (the CLI's flags, the API's keywords and config.json are all checked by them)."""
+    import dataclasses
+    import typing
+
+    from vaekit.config import DataConfig, TrainConfig
+    from vaekit.models import MODELS
+
+    for cls in (DataConfig, TrainConfig, *(m.Config for m in MODELS.values())):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if "help" in f.metadata and "int" in str(hints[f.name]):
+                assert f.metadata["high"] is not None and f.metadata["high"] < 2**63, f"{cls.__name__}.{f.name}"
+                with pytest.raises(VaekitError, match=f.name):
+                    cls(**{f.name: 10**30})
+    code = main(["train", *TINY, "--batch-size", str(10**30), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "batch_size (--batch-size) must be <=" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_file_of_random_bytes_is_one_line_for_every_command(tmp_path, capsys):
+    """Each file of a run folder replaced by bytes that are not text at all: every command that reads the run
+    answers with its result or one line and exit 2, never a traceback."""
+    base = vaekit.train(tmp_path / "base", dataset="digits", epochs=1, width=8, hidden=32, latent_dim=4, progress=False,
+                        pictures=False)
+    assert main(["m1", str(base), "--labels-per-class", "5"]) == 0
+    capsys.readouterr()
+    noise = np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    names = sorted(p.name for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
+    assert {"config.json", "model.safetensors", "last.safetensors", "metrics.jsonl", "m1.json"} <= set(names)
+    for name in names:
+        run = Path(shutil.copytree(base, tmp_path / f"r-{name}"))
+        (run / name).write_bytes(noise)
+        for argv in (["evaluate", run, "--iw-samples", "2", "--limit", "10"], ["predict", run], ["report", run],
+                     ["train", "--resume", run, "--epochs", "2", "--no-pictures"]):
+            code = main([str(a) for a in argv])
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and code in (0, 2), (name, argv[0], err)
+            if code == 2:
+                assert len(err.strip().splitlines()) == 1, (name, argv[0], err)

@@ -145,7 +145,7 @@ class DataConfig(Checked):
                            high=MAX_SEED)
     labels_per_class: int = _opt(
         0, "keep the labels of only this many training images per class (a balanced, seeded subset; the "
-        "others become unknown, -1); 0 keeps every known label", low=0)
+        "others become unknown, -1); 0 keeps every known label", low=0, high=2**31)
     labelled_share: float = _opt(
         0.5, "models trained on labelled and unlabelled images: the share of each batch drawn from the "
         "labelled ones", low=0, high=1, low_open=True, high_open=True)
@@ -189,9 +189,9 @@ class TrainConfig(Checked):
 
     epochs: int = _opt(
         0, "passes over the training split; 0 = auto: about 13,200 steps, 10 to 600 epochs "
-        "(600 epochs of digits, 16 of Fashion-MNIST at batch 64)", low=0
+        "(600 epochs of digits, 16 of Fashion-MNIST at batch 64)", low=0, high=10**7
     )
-    batch_size: int = _opt(64, "images per optimisation step", low=1)
+    batch_size: int = _opt(64, "images per optimisation step", low=1, high=2**24)
     lr: float = _opt(2e-3, "peak Adam learning rate", low=0, low_open=True)
     lr_schedule: str = _opt("cosine", "cosine decay to zero, or constant", ("cosine", "constant"))
     weight_decay: float = _opt(0.0, "AdamW weight decay", low=0)
@@ -205,7 +205,7 @@ class TrainConfig(Checked):
     patience: int | None = _opt(
         None, "stop early when the validation -ELBO (-IWAE_K with --train-samples K) has not improved for this many "
         "epochs (0: never). Unset: with automatic --epochs, a fifth of them (at least 10), so small data stops "
-        "when validation stops improving instead of running to the cap; with --epochs given, never", low=0)
+        "when validation stops improving instead of running to the cap; with --epochs given, never", low=0, high=10**7)
     ema: float = _opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.999); 0: off", low=0,
                       high=1, high_open=True)
     seed: int = _opt(0, "seed of initialisation, batching, binarization and sampling", low=0, high=MAX_SEED)

@@ -59,7 +59,7 @@ class EvaluateCall(Checked):
     device: str = field(default="auto", metadata={"choices": DEVICES})
     max_batch: int | None = _opt(None, "(image, sample) pairs per decoder pass", low=1, high=2**24)
     samples_per_class: int = _opt(1000, "samples per class judged", low=1, high=MAX_SAMPLES_PER_CLASS)
-    limit: int | None = _opt(None, "the first N test images", low=1)
+    limit: int | None = _opt(None, "the first N test images", low=1, high=2**40)
     log: Any = None  # a function of one string, or None
     progress: bool | None = False
 
