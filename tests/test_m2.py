@@ -48,7 +48,7 @@ def test_fit_reads_as_a_short_driver():
     import sys
 
     loop = sys.modules["vaekit.train"]
-    for function in (loop.fit, loop.train, loop.run_epoch, loop.log):
+    for function in (loop.fit, loop.prepare_and_train, loop.train, loop.run_epoch, loop.log):
         assert len(inspect.getsource(function).splitlines()) <= 50, function.__name__
 
 

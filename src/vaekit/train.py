@@ -72,18 +72,8 @@ def fit(
     try:
         with lock:
             try:
-                board = TensorBoardLog(tensorboard, train_cfg.seed) if tensorboard and group.is_main else None
-                try:
-                    t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not (resume and (out / ckpt.LAST).is_file()))
-                    t.board = board
-                    t.lines = EpochLines(t.cfg.epochs) if group.is_main and progress_lines(progress) else None
-                    train(t, resume, overwrite, progress)
-                    if then is not None and group.is_main:
-                        then(out)
-                    return out
-                finally:
-                    if board is not None:
-                        board.close()
+                return prepare_and_train(data_cfg, model_cfg, train_cfg, out, group, resume, overwrite, progress,
+                                         tensorboard, then)
             except BaseException as e:  # a new run that failed before its first checkpoint gives the old one back
                 if group.is_main and ckpt.restore_replaced(out):
                     back = f"the previous run in {out} is back in place"
@@ -97,6 +87,24 @@ def fit(
         raise
     finally:
         distributed.teardown()
+
+
+def prepare_and_train(data_cfg: DataConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path,
+                      group: distributed.Group, resume: bool, overwrite: bool, progress: bool | None,
+                      tensorboard: str | Path | None, then: Callable[[Path], None] | None) -> Path:
+    """Prepare the run, train it and hand it to `then` (rank 0), with its TensorBoard log open meanwhile."""
+    board = TensorBoardLog(tensorboard, train_cfg.seed) if tensorboard and group.is_main else None
+    try:
+        t = prepare(data_cfg, model_cfg, train_cfg, out, group, fresh=not (resume and (out / ckpt.LAST).is_file()))
+        t.board = board
+        t.lines = EpochLines(t.cfg.epochs) if group.is_main and progress_lines(progress) else None
+        train(t, resume, overwrite, progress)
+        if then is not None and group.is_main:
+            then(out)
+        return out
+    finally:
+        if board is not None:
+            board.close()
 
 
 def train(t: Training, resume: bool, overwrite: bool, progress: bool | None) -> Path:
