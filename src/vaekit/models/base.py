@@ -15,6 +15,9 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
                                       defaults on that dataset (under any flag given) unless --arch is
                                       given: the best measured set-up for about 15 minutes on 2 CPU
                                       cores there
+    training_defaults(options)        (optional, a staticmethod) {field: value}: settings the model needs
+                                      where `options` leave them unset, e.g. a KL warm-up against
+                                      posterior collapse; the CLI prints what it added
 
     forward(x, y, **knobs) -> dict    the training objective of a batch x: (B, C, H, W), labels y: (B,)
                                       or None: "loss" (the scalar to minimise) and per-example terms,
