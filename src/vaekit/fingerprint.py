@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import atomic_write
 from .errors import VaekitError
+from .run_files import read_object
 
 SPLIT = "split.json"
 
@@ -48,8 +50,6 @@ def split_fingerprint(x: np.ndarray, y: np.ndarray | None, parts: dict[str, np.n
 
 def record(run: Path, dataset) -> None:
     """Write RUN/split.json for a run trained on `dataset` (data.ImageDataset)."""
-    from .checkpoint import atomic_write
-
     doc = {"fingerprint": dataset.fingerprint, "dataset": dataset.name,
            "sizes": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)}}
     atomic_write(Path(run) / SPLIT, (json.dumps(doc, indent=1) + "\n").encode())
@@ -57,8 +57,6 @@ def record(run: Path, dataset) -> None:
 
 def recorded(run: Path) -> str | None:
     """The fingerprint in RUN/split.json (None for a run written before it existed)."""
-    from .run_files import read_object
-
     path = Path(run) / SPLIT
     if not path.is_file():
         return None

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .models.base import axis_size
+
 KL_COLLAPSE = 0.1  # nats per image: a used latent carries several nats on any data set vaekit reads
 ACTIVITY = 0.01  # Cov_x(E_q[z_d]) above this: an active unit (Burda et al. 2016)
 DEAD_SHARE = 0.95
@@ -87,8 +89,6 @@ def flat_loss(metrics: list[dict]) -> list[Finding]:
 def training_numbers(model, metrics: list[dict], x: torch.Tensor, y: torch.Tensor | None) -> dict:
     """The numbers check() reads, for a run without an evaluation: the best epoch's validation KL and
     label error, and the active units of the codes of images x (the test images)."""
-    from .models.base import axis_size
-
     numbers: dict = {}
     scored = [m for m in metrics if isinstance(m.get("val_neg_elbo"), (int, float))]
     if scored:

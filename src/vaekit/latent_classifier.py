@@ -42,7 +42,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import fingerprint, run_files, runs
-from .data import Split, binarization, keep_labels_per_class, load_dataset
+from .data import Split, binarization, keep_labels_per_class, load_dataset, test_targets
 from .errors import VaekitError
 from .models import classifying_models
 
@@ -176,8 +176,6 @@ def label_error(run: Path, model, split: Split, mode: str) -> tuple[float, float
 def predict_csv(run: Path, data: str | None = None) -> str:
     """CSV: index, predicted label, then one probability column per class; from M1 if the run has it,
     else from a model that classifies (predict_proba, e.g. M2's q(y|x) on the fixed binarized images)."""
-    from .data import test_targets
-
     model = runs.load_model(run)
     split, data_cfg, mode = runs.evaluation_data(run, data=data)
     classifier = load_m1(run)

@@ -17,6 +17,8 @@ from PIL import Image
 
 from . import checkpoint as ckpt
 from .errors import VaekitError
+from .latent_map import latent_map
+from .models.base import names_of
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 28) -> Image.Image:
@@ -183,8 +185,6 @@ def latent_plot(points: np.ndarray, y: torch.Tensor | None, xlabel: str, ylabel:
 
 def latent_png(model, x: torch.Tensor, y: torch.Tensor | None, names: list[str] | None = None) -> bytes:
     """Posterior means of the images on the latent map (raw if D <= 2, else the first two principal components)."""
-    from .latent_map import latent_map
-
     with torch.no_grad():
         plane = latent_map(model.encode(x, y).cpu().numpy())
     return figure_png(latent_plot(plane.points, y, plane.xlabel, plane.ylabel, names))
@@ -326,8 +326,6 @@ def panel_figure(run: Path, panel: str, model=None, test=None) -> Figure:
         return fig
     names = ckpt.class_names(run, model.num_classes)
     if panel == "latent":
-        from .latent_map import latent_map
-
         x, y = test.x[:2000], None if test.y is None else test.y[:2000]
         plane = latent_map(model.encode(x, y).cpu().numpy())
         return latent_plot(plane.points, y, plane.xlabel, plane.ylabel, names)
@@ -350,8 +348,6 @@ def panel_figure(run: Path, panel: str, model=None, test=None) -> Figure:
     order = order[:16]
     label = (max(int(test.y[0]), 0) if test.y is not None else 0) if model.num_classes else None
     images = model.decode(walk[torch.as_tensor(order.copy(), device=walk.device)].flatten(0, 1), label)
-    from .models.base import names_of
-
     axis = names_of(model)["axis"]
     rows = [f"{axis} {a + 1}" + (f" (KL {kl[a]:.2f})" if kl is not None else "") for a in order]
     return _grid_figure(images, walk.shape[1], rows, "Latent Traversals, Most KL First")

@@ -27,7 +27,7 @@ class TensorBoardLog:
         self.seed = seed
 
     def epoch(self, record: dict, model: torch.nn.Module) -> None:
-        from .plots import sample_grid
+        from .plots import sample_grid  # matplotlib loads only with --tensorboard, not for every training run
 
         epoch = record["epoch"]
         for key, value in record.items():
