@@ -90,7 +90,7 @@ RECIPES = {
     "wd-strong": {"lr": 1e-3, "weight_decay": 1e-1, "dropout": 0.0, "steps": 3000},
 }
 EVAL_EVERY = 25
-METHODS = ("supervised", "m1", "m1-logistic", "m2")
+METHODS = ("logistic-pixels", "supervised", "m1", "m1-logistic", "m2", "m1+m2")
 M1_CLASSIFIERS = {"m1": "spreading", "m1-logistic": "logistic"}
 
 
@@ -124,11 +124,11 @@ def averaged_error(predict_proba, split) -> float:
 
 
 def train_supervised(dataset, per_class: int, arch: str, seed: int, recipe: dict, split_seed: int = 0,
-                     **sizes):
+                     label_seed: int = 0, **sizes):
     """The supervised-only baseline; returns (test error, info dict)."""
     mode = binarization("auto", "bernoulli", dataset)
     cfg = ModelConfig(arch=arch, image_shape=tuple(dataset.image_shape), **sizes)
-    train = keep_labels_per_class(dataset.train, per_class, split_seed)
+    train = keep_labels_per_class(dataset.train, per_class, label_seed)
     known = train.y >= 0
     x, y = train.to_float()[known], train.y[known]
     val = fixed_targets(dataset.val, mode, split_seed + VAL_SEED_OFFSET, "cpu")
@@ -174,6 +174,20 @@ def train_supervised(dataset, per_class: int, arch: str, seed: int, recipe: dict
                    "labelled": int(known.sum()), "test_images": len(test.y)}
 
 
+def logistic_pixels(dataset, per_class: int, label_seed: int) -> tuple[float, dict]:
+    """Logistic regression (scikit-learn's defaults, L2, C = 1) on the intensities of the labelled training
+    images alone; tested on the intensities of the test images."""
+    from sklearn.linear_model import LogisticRegression
+
+    train = keep_labels_per_class(dataset.train, per_class, label_seed)
+    known = train.y >= 0
+    flat = lambda t: t.reshape(len(t), -1).numpy()  # noqa: E731
+    with Timer() as t:
+        fitted = LogisticRegression(max_iter=5000).fit(flat(train.to_float()[known]), train.y[known].numpy())
+    error = float(np.mean(fitted.predict(flat(dataset.test.to_float())) != dataset.test.y.numpy()))
+    return error, {"error_avg": error, "cpu": t.cpu, "wall": t.wall, "labelled": int(known.sum())}
+
+
 def m2_val_label_error(run: Path) -> dict:
     """M2's validation label error at the epoch kept (lowest validation -ELBO) and its minimum."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -195,7 +209,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", help="digits | fashion-mnist | FILE.npz (any vaekit dataset)")
     parser.add_argument("--labels", type=int, nargs="+", default=[10, 100], help="labels per class")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
+    parser.add_argument("--label-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="draws of the labelled images (vaekit's --label-seed)")
     parser.add_argument("--epochs", type=int, default=None, help="M2 and VAE epochs (default: vaekit's automatic)")
     parser.add_argument("--alpha", type=float, default=None, help="M2's alpha (default: M2's own)")
     parser.add_argument("--labelled-share", type=float, default=None,
@@ -254,90 +270,89 @@ def main() -> None:
             run = vaekit.train(out, overwrite=True, progress=False, **options)
         return run, t.cpu, t.wall
 
-    results: dict[tuple[str, int], dict[int, dict]] = {}  # (method, N) -> seed -> info
-    log = []
+    results: dict[tuple[str, int], dict[tuple[int, int], dict]] = {}  # (method, N) -> (seed, draw) -> info
+
+    def record(method: str, n: int, seed: int, draw: int, info: dict) -> None:
+        results.setdefault((method, n), {})[(seed, draw)] = info
+        print(f"{method} N={n} seed={seed} draw={draw}: {json.dumps(info)}", file=sys.stderr, flush=True)
+
     for seed in args.seeds:
-        if "supervised" in args.methods:
+        vae = None  # one VAE per model seed (it sees no labels), shared by M1 and M1+M2 on every draw
+        if {"m1", "m1-logistic", "m1+m2"} & set(args.methods):
+            vae, vae_cpu, vae_wall = train(work / f"vae-s{seed}", seed=seed, **common)
+        for draw in args.label_seeds:
             for n in args.labels:
-                error, info = train_supervised(dataset, n, args.arch, seed, RECIPES[args.recipe], **sizes)
-                results.setdefault(("supervised", n), {})[seed] = {"error": error, **info}
-                log.append(f"supervised N={n} seed={seed}: {json.dumps({'error': error, **info})}")
-                print(log[-1], file=sys.stderr, flush=True)
-        m1_methods = [m for m in M1_CLASSIFIERS if m in args.methods]
-        if m1_methods:
-            run, vae_cpu, vae_wall = train(work / f"vae-s{seed}", seed=seed, **common)
-        for n in args.labels if m1_methods else ():
-            for method in m1_methods:
-                with Timer() as t_m1:
-                    record = fit_m1(run, labels_per_class=n, classifier=M1_CLASSIFIERS[method])
-                error = evaluate(run)
-                info = {"error": error, "error_avg": error, "cpu": vae_cpu + t_m1.cpu, "wall": vae_wall + t_m1.wall,
-                        "vae_cpu": vae_cpu, "m1_fit_cpu": t_m1.cpu, "val_error": record["val_error"],
-                        "labelled": record["labelled"]}
-                results.setdefault((method, n), {})[seed] = info
-                log.append(f"{method} N={n} seed={seed}: {json.dumps(info)}")
-                print(log[-1], file=sys.stderr, flush=True)
-        if "m2" in args.methods:
-            for n in args.labels:
-                run, cpu, wall = train(work / f"m2-n{n}-s{seed}", model="m2", labels_per_class=n, seed=seed,
-                                       **common, **m2_extra)
-                error = evaluate(run)
-                error_avg = averaged_error(vaekit.load(run).predict_proba, test_split)
-                cfg = json.loads((run / "config.json").read_text())
-                info = {"error": error, "error_avg": error_avg, "cpu": cpu, "wall": wall, "epochs": cfg["train"]["epochs"],
+                if "logistic-pixels" in args.methods and seed == args.seeds[0]:  # no training seed
+                    error, info = logistic_pixels(dataset, n, draw)
+                    record("logistic-pixels", n, seed, draw, {"error": error, **info})
+                if "supervised" in args.methods:
+                    error, info = train_supervised(dataset, n, args.arch, seed, RECIPES[args.recipe],
+                                                   label_seed=draw, **sizes)
+                    record("supervised", n, seed, draw, {"error": error, **info})
+                for method in [m for m in M1_CLASSIFIERS if m in args.methods]:
+                    with Timer() as t_m1:
+                        fitted = fit_m1(vae, labels_per_class=n, classifier=M1_CLASSIFIERS[method], label_seed=draw)
+                    error = evaluate(vae)
+                    record(method, n, seed, draw, {
+                        "error": error, "error_avg": error, "cpu": vae_cpu + t_m1.cpu, "wall": vae_wall + t_m1.wall,
+                        "vae_cpu": vae_cpu, "m1_fit_cpu": t_m1.cpu, "val_error": fitted["val_error"],
+                        "labelled": fitted["labelled"]})
+                for method in [m for m in ("m2", "m1+m2") if m in args.methods]:
+                    stacked = {"init_latents": str(vae)} if method == "m1+m2" else {}
+                    name = f"{method.replace('+', '')}-n{n}-s{seed}-d{draw}"
+                    run, cpu, wall = train(work / name, model="m2", labels_per_class=n, label_seed=draw, seed=seed,
+                                           **common, **m2_extra, **stacked)
+                    error = evaluate(run)
+                    error_avg = averaged_error(vaekit.load(run).predict_proba, test_split)
+                    cfg = json.loads((run / "config.json").read_text())
+                    extra = {"vae_cpu": vae_cpu, "m2_cpu": cpu} if stacked else {}
+                    record(method, n, seed, draw, {
+                        "error": error, "error_avg": error_avg, "cpu": cpu + (vae_cpu if stacked else 0),
+                        "wall": wall + (vae_wall if stacked else 0), "epochs": cfg["train"]["epochs"],
                         "alpha": cfg["model"]["alpha"], "labelled_fraction": cfg["model"]["labelled_fraction"],
-                        **m2_val_label_error(run)}
-                results.setdefault(("m2", n), {})[seed] = info
-                log.append(f"M2 N={n} seed={seed}: {json.dumps(info)}")
-                print(log[-1], file=sys.stderr, flush=True)
+                        **extra, **m2_val_label_error(run)})
 
     m2_options = ", ".join(f"{k} {v:g}" for k, v in m2_extra.items()) or "defaults"
-    names = {"supervised": f"supervised only (q(y|x) net, recipe {args.recipe})",
-             "m1": "M1 (VAE + label spreading, kNN 10, alpha 0.2)", "m1-logistic": "M1 (VAE + logistic regression)",
-             "m2": f"M2 ({m2_options})"}
+    names = {"logistic-pixels": "logistic regression on pixels", "supervised": f"supervised only (q(y|x) net, recipe {args.recipe})",
+             "m1": "M1 (VAE + label spreading)", "m1-logistic": "M1 (VAE + logistic regression)",
+             "m2": f"M2 ({m2_options})", "m1+m2": f"M1+M2 (M2 on the VAE's codes, {m2_options})"}
     epochs = "vaekit's automatic epochs" if args.epochs is None else f"{args.epochs} epochs"
     limit = f", first {args.train_limit} training images" if args.train_limit else ""
     print(f"\nCPU: {cpu_model()} ({os.cpu_count()} logical cores visible, OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); torch {torch.__version__}; vaekit {vaekit.__version__}")
-    print(f"{args.dataset}{limit}, arch {args.arch}, {epochs}; {len(test_split)} test images; seeds "
-          f"{' '.join(map(str, args.seeds))}; test classification error, mean ± standard deviation over seeds\n")
-    header = "| method | " + " | ".join(f"{n} labels/class: error | CPU s | wall s" for n in args.labels) + " |"
-    print(header)
+    print(f"{args.dataset}{limit}, arch {args.arch}, {epochs}; {len(test_split)} test images; model seeds "
+          f"{' '.join(map(str, args.seeds))}; label draws (--label-seed) {' '.join(map(str, args.label_seeds))}; "
+          "test classification error over every (seed, draw): mean ± standard deviation, and the worst\n")
+    print("| method | " + " | ".join(f"{n} labels/class: error | worst | CPU s" for n in args.labels) + " |")
     print("|---|" + "---:|---:|---:|" * len(args.labels))
     for method in args.methods:
         cells = []
         for n in args.labels:
-            per_seed = results[(method, n)]
-            cells.append(f"{mean_sd([v['error'] for v in per_seed.values()])} | "
-                         f"{statistics.mean(v['cpu'] for v in per_seed.values()):.0f} | "
-                         f"{statistics.mean(v['wall'] for v in per_seed.values()):.0f}")
+            runs = results[(method, n)].values()
+            cells.append(f"{mean_sd([v['error'] for v in runs])} | {max(v['error'] for v in runs):.4f} | "
+                         f"{statistics.mean(v['cpu'] for v in runs):.0f}")
         print(f"| {names[method]} | " + " | ".join(cells) + " |")
+    baselines = [m for m in ("supervised", "logistic-pixels") if m in args.methods]
+    for method in [m for m in ("m2", "m1+m2", "m1") if m in args.methods and baselines]:
+        for n in args.labels:
+            wins = []
+            for (seed, draw), v in results[(method, n)].items():
+                rivals = [results[(b, n)].get((seed, draw)) or results[(b, n)][(args.seeds[0], draw)] for b in baselines]
+                wins.append(all(v["error"] < r["error"] for r in rivals))
+            print(f"\n{names[method]}, {n} labels/class: below {' and '.join(names[b] for b in baselines)} on "
+                  f"{sum(wins)} of {len(wins)} (seed, draw) pairs")
     print(f"\nThe same classifiers with their class probabilities averaged over {BINARIZATIONS} seeded binarizations of "
-          "each test image (what M1's feature does; the table above classifies one fixed binarization):\n")
+          "each test image (the table above classifies one fixed binarization):\n")
     print("| method | " + " | ".join(f"{n} labels/class: error" for n in args.labels) + " |")
     print("|---|" + "---:|" * len(args.labels))
     for method in args.methods:
         print(f"| {names[method]} | " + " | ".join(mean_sd([v["error_avg"] for v in results[(method, n)].values()])
                                                  for n in args.labels) + " |")
-    print("\nTimes: mean over seeds of the training (M1: the VAE's training plus the M1 fit; evaluation excluded;"
-          " with --reuse, the training seconds logged in metrics.jsonl).")
-    print("\nPer seed (test error; for M2 also the validation label error at the kept epoch, chosen by validation "
-          "-ELBO, and its minimum over epochs):\n")
+    print("\nTimes: mean of the training (M1 and M1+M2: with the VAE's training; evaluation excluded;"
+          " with --reuse, the training seconds logged in metrics.jsonl).\n\nPer (seed, draw), test error:\n")
     for method in args.methods:
         for n in args.labels:
-            parts = []
-            for seed, v in results[(method, n)].items():
-                extra = ""
-                if method == "m2" and "val_error_kept" in v:
-                    extra = (f" (val {v['val_error_kept']:.3f} at epoch {v['kept_epoch']}/{v['epochs']}, "
-                             f"min {v['val_error_min']:.3f} at {v['min_epoch']}; alpha "
-                             + (f"{v['alpha']:g})" if v["alpha"] else  # None (0.0 before vaekit 0.2's release): the default
-                                f"0.1 / {v['labelled_fraction']:.3f} = {0.1 / v['labelled_fraction']:.3g})"))
-                elif method == "supervised":
-                    extra = f" (val {v['val_error']:.3f}, step {v['best_step']})"
-                elif method in M1_CLASSIFIERS:
-                    extra = f" (val {v['val_error']:.3f})"
-                parts.append(f"seed {seed}: {v['error']:.4f}{extra}")
+            parts = [f"s{seed} d{draw} {v['error']:.4f}" for (seed, draw), v in results[(method, n)].items()]
             print(f"- {names[method]}, {n} labels/class: " + "; ".join(parts))
     print(f"\nrun folders: {work}")
 

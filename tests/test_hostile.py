@@ -129,6 +129,16 @@ def test_overwrite_refuses_files_a_run_did_not_write(run, tmp_path, capsys):
     assert not (mine / ".replaced").exists()
 
 
+def test_overwrite_replaces_a_run_with_its_evaluations_per_k(run, tmp_path, capsys):
+    """`vaekit evaluate` writes evaluation-K<K>.json into the run: a run's own file, which --overwrite may replace."""
+    mine = Path(shutil.copytree(run, tmp_path / "evaluated"))
+    code, _ = cli(capsys, "evaluate", mine, "--iw-samples", "2")
+    assert code == 0
+    assert (mine / "evaluation-K2.json").is_file()
+    assert vaekit.train(mine, overwrite=True, epochs=1, **TINY) == mine
+    assert not (mine / "evaluation-K2.json").exists()
+
+
 # ---- numbers in range that overflowed later
 
 

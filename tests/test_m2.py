@@ -396,3 +396,113 @@ def test_m2_stopped_mid_epoch_resumes_bit_exactly(tmp_path):
     a, b = load_file(tmp_path / "straight" / "last.safetensors"), load_file(out / "last.safetensors")
     keys = [k for k in a if k.startswith(("model.", "best.", "optim."))]
     assert keys and all(torch.equal(a[k], b[k]) for k in keys)
+
+
+# ---- which labels, how many per batch
+
+def test_label_seed_draws_other_labelled_images_on_the_same_split():
+    default = load_dataset(DataConfig(dataset="digits", labels_per_class=10))
+    same = load_dataset(DataConfig(dataset="digits", labels_per_class=10, label_seed=0))
+    other = load_dataset(DataConfig(dataset="digits", labels_per_class=10, label_seed=3))
+    assert torch.equal(default.train.y, same.train.y)  # unset: the split's seed, as before --label-seed
+    assert torch.equal(default.train.index, other.train.index) and torch.equal(default.test.y, other.test.y)
+    y = other.train.y
+    assert (torch.bincount(y[y >= 0], minlength=10) == 10).all()
+    assert not torch.equal(default.train.y >= 0, y >= 0)
+    draws = {tuple((load_dataset(DataConfig(dataset="digits", labels_per_class=10, label_seed=s)).train.y >= 0)
+                   .nonzero()[:, 0].tolist()) for s in range(5)}
+    assert len(draws) == 5
+
+
+def test_m1_takes_a_label_seed(digits_run):
+    from vaekit.latent_classifier import fit_m1
+
+    a = fit_m1(digits_run, labels_per_class=5, label_seed=1)
+    b = fit_m1(digits_run, labels_per_class=5, label_seed=2)
+    assert a["labelled"] == b["labelled"] == 50
+    assert a["labelled_source_index"] != b["labelled_source_index"]
+
+
+def test_labelled_share_follows_the_labelled_fraction(capsys):
+    from vaekit.prepare import labelled_share
+
+    few = torch.arange(100)
+    assert labelled_share(DataConfig(), few, 57_000, say=True) == pytest.approx(10 * 100 / 57_000)
+    assert "100 of 57000 training images are labelled" in capsys.readouterr().out
+    assert labelled_share(DataConfig(), few, 1_300, say=False) == 0.5  # at most a half
+    assert labelled_share(DataConfig(labelled_share=0.25), few, 57_000, say=False) == 0.25  # the flag wins
+    assert labelled_share(DataConfig(), None, 57_000, say=False) == 0.0  # a model without labels
+
+
+def test_the_encoder_body_runs_once_for_every_class():
+    """q(z|x,y) from the body's features computed once equals the encoder run on each class's copy."""
+    model = tiny_m2(k=3).eval()
+    x = torch.rand(5, 1, 8, 8)
+    xs, ys = model._every_class(x)
+    once = model.posterior(xs, ys, model.encoder.body(x).repeat(3, 1))
+    each = model.posterior(xs, ys)
+    torch.testing.assert_close(once.mean, each.mean)
+    torch.testing.assert_close(once.stddev, each.stddev)
+
+
+# ---- M1+M2: M2 on a VAE's codes
+
+@pytest.fixture(scope="module")
+def stacked_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("m1m2")
+    vae = vaekit.train(folder / "vae", epochs=2, **TINY)
+    return vae, vaekit.train(folder / "m1m2", model="m2", init_latents=str(vae), labels_per_class=5, epochs=2,
+                             **TINY)
+
+
+def test_m1_plus_m2_keeps_the_vae_frozen_inside(stacked_run):
+    from safetensors.torch import load_file
+
+    vae, run = stacked_run
+    theirs, mine = load_file(vae / "model.safetensors"), load_file(run / "model.safetensors")
+    assert theirs and all(torch.equal(mine[f"base.{k}"], v) for k, v in theirs.items())  # loaded, and not trained
+    cfg = json.loads((run / "config.json").read_text())["model"]
+    assert cfg["base"]["model"] == "vae" and cfg["base"]["latent_dim"] == 4 and cfg["init_latents"] == str(vae)
+    model = vaekit.load(run)
+    x = torch.bernoulli(torch.rand(6, 1, 8, 8))
+    with torch.no_grad():
+        proba = model.predict_proba(x)  # raw images in
+        assert proba.shape == (6, 10) and torch.allclose(proba.sum(-1), torch.ones(6))
+        assert model.encode(x).shape == (6, 4)
+        images = model.sample(4, labels=3)
+        assert images.shape == (4, 1, 8, 8) and 0 <= float(images.min()) and float(images.max()) <= 1
+        assert model.reconstruct(x).shape == (6, 1, 8, 8)
+
+
+def test_m1_plus_m2_evaluates_a_density_of_codes_on_raw_images(stacked_run):
+    _, run = stacked_run
+    report = vaekit.evaluate(run, iw_samples=3, device="cpu", samples_per_class=5)
+    assert 0 <= report["label_error"] <= 1
+    assert "nll_bits_per_dim" not in report and "codes" in report["density"]
+    assert report["names"]["nll"] == "-log p(z1)"
+    assert math.isfinite(report["nll"]) and report["neg_elbo"] == report["recon"] + report["kl"]
+
+
+def test_m1_plus_m2_resumes_without_reading_the_vae_again(stacked_run, tmp_path):
+    import shutil
+
+    vae, _ = stacked_run
+    copy = tmp_path / "vae"
+    shutil.copytree(vae, copy)
+    first = vaekit.train(tmp_path / "m", model="m2", init_latents=str(copy), labels_per_class=5, epochs=1, **TINY)
+    shutil.rmtree(copy)  # the VAE's weights and config live in the M1+M2 run
+    vaekit.train(first, resume=True, epochs=2, progress=False)
+    assert vaekit.evaluate(first, iw_samples=2, device="cpu", samples_per_class=5)["n_images"] > 0
+
+
+@pytest.mark.parametrize("case", ["not a vae", "other split", "missing"])
+def test_m1_plus_m2_refuses_a_base_it_cannot_use(case, stacked_run, tmp_path, capsys):
+    vae, run = stacked_run
+    base = {"not a vae": run, "other split": vae, "missing": tmp_path / "nowhere"}[case]
+    extra = ["--split-seed", "3"] if case == "other split" else []
+    code = main(["train", "--model", "m2", "--init-latents", str(base), "--labels-per-class", "5", "--epochs", "1",
+                 "--width", "8", "--hidden", "32", "--latent-dim", "4", "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert {"not a vae": "needs a run of --model vae", "other split": str(vae),
+            "missing": "nowhere"}[case] in err[0]

@@ -161,6 +161,8 @@ def build_parser() -> Parser:
     p.add_argument("--classifier", choices=("spreading", "logistic"), default="spreading",
                    help="spreading: label spreading over a kNN graph of every training code (transductive, "
                    "default); logistic: logistic regression on the labelled codes alone")
+    p.add_argument("--label-seed", type=_number(int), default=None,
+                   help="with --labels-per-class: seed of which images keep their labels (default: the run's)")
 
     p = sub.add_parser("predict", help="predicted labels and class probabilities (M2, or a run with M1) as CSV")
     p.add_argument("run", help="run folder")
@@ -373,7 +375,8 @@ def cmd_analogy(args: argparse.Namespace) -> int:
 def cmd_m1(args: argparse.Namespace) -> int:
     from .latent_classifier import fit_m1
 
-    report = fit_m1(Path(args.run), labels_per_class=args.labels_per_class, classifier=args.classifier)
+    report = fit_m1(Path(args.run), labels_per_class=args.labels_per_class, classifier=args.classifier,
+                    label_seed=args.label_seed)
     print(f"M1 fitted on {report['labelled']} labelled training images: validation error "
           f"{report['val_error']:.4f}; `vaekit evaluate {args.run}` reports its test label_error")
     return 0

@@ -146,9 +146,13 @@ class DataConfig(Checked):
     labels_per_class: int = _opt(
         0, "keep the labels of only this many training images per class (a balanced, seeded subset; the "
         "others become unknown, -1); 0 keeps every known label", low=0, high=2**31)
-    labelled_share: float = _opt(
-        0.5, "models trained on labelled and unlabelled images: the share of each batch drawn from the "
-        "labelled ones", low=0, high=1, low_open=True, high_open=True)
+    label_seed: int | None = _opt(
+        None, "seed of which training images keep their labels with --labels-per-class (another draw of the "
+        "labelled subset on the same split; default: --split-seed)", low=0, high=MAX_SEED)
+    labelled_share: float | None = _opt(
+        None, "models trained on labelled and unlabelled images: the share of each batch drawn from the "
+        "labelled ones (default: 10 x the labelled fraction of the training images, at most 0.5)", low=0, high=1,
+        low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)

@@ -334,7 +334,7 @@ def _split_dataset(
     if test is not None:  # labels are copied to int64
         splits["test"] = _split(test[0].copy(), test[1], max_value, np.arange(len(test[0])))
     if cfg.labels_per_class and y is not None:
-        splits["train"] = keep_labels_per_class(splits["train"], cfg.labels_per_class, cfg.split_seed)
+        splits["train"] = keep_labels_per_class(splits["train"], cfg.labels_per_class, label_draw_seed(cfg))
     empty = [part for part in ("train", "val", "test") if len(splits[part]) == 0]
     if empty:
         raise VaekitError(
@@ -366,6 +366,11 @@ def _num_classes(name: str, y: np.ndarray) -> int:
 def _split(x: np.ndarray, y: np.ndarray | None, max_value: float, index: np.ndarray) -> Split:
     labels = None if y is None else torch.from_numpy(y.astype(np.int64))
     return Split(torch.from_numpy(x), labels, max_value, torch.from_numpy(np.asarray(index, np.int64)))
+
+
+def label_draw_seed(cfg: DataConfig) -> int:
+    """The seed of the labelled subset: --label-seed, else the split's seed (vaekit 0.2's choice)."""
+    return cfg.split_seed if cfg.label_seed is None else cfg.label_seed
 
 
 def keep_labels_per_class(split: Split, per_class: int, seed: int) -> Split:

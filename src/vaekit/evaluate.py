@@ -126,9 +126,12 @@ def _report(model, x: torch.Tensor, terms: dict[str, torch.Tensor], mu: torch.Te
     num_dims = math.prod(x.shape[1:])
     cfg = getattr(model, "cfg", None)
     kind = likelihood_kind(cfg) if cfg is not None else None
-    if kind is not None:
+    density = getattr(model, "density", None)  # a model whose bound is not on the pixels says what it is on
+    if kind is not None and not density:
         result["likelihood"] = kind.describe(cfg)
-    if kind is None or kind.discrete:  # -log2 P(x) / D of the discrete values (for Bernoulli: the binary ones)
+    if density:
+        result["density"] = density
+    elif kind is None or kind.discrete:  # -log2 P(x) / D of the discrete values (for Bernoulli: the binary ones)
         result["neg_elbo_bits_per_dim"] = result["neg_elbo"] / (num_dims * math.log(2))
         result["nll_bits_per_dim"] = result["nll"] / (num_dims * math.log(2))
     else:  # a density of continuous values has no bits/dim: it is not a probability of the pixels' values

@@ -42,7 +42,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import fingerprint, run_files, runs
-from .data import Split, binarization, keep_labels_per_class, load_dataset, test_targets
+from .data import Split, binarization, keep_labels_per_class, label_draw_seed, load_dataset, test_targets
 from .errors import VaekitError
 from .models import classifying_models
 
@@ -87,10 +87,11 @@ def _run_data(run: Path):
     return data_cfg, dataset, binarization(data_cfg.binarize, model_cfg.likelihood, dataset)
 
 
-def fit_m1(run: Path, labels_per_class: int | None = None, classifier: str = "spreading") -> dict:
+def fit_m1(run: Path, labels_per_class: int | None = None, classifier: str = "spreading",
+           label_seed: int | None = None) -> dict:
     """Fit M1 on the run's training images with the run's own labels, or `labels_per_class` of each
-    class (`classifier`: spreading or logistic, see the module docstring); store it with the run;
-    returns the recipe with "labelled" and "val_error"."""
+    class drawn by `label_seed` (default: the run's); `classifier`: spreading or logistic, see the module
+    docstring; store it with the run; returns the recipe with "labelled" and "val_error"."""
     if labels_per_class is not None and (isinstance(labels_per_class, bool) or labels_per_class < 1):
         raise VaekitError(f"--labels-per-class must be at least 1, got {labels_per_class}")
     if classifier not in M1_RECIPES:
@@ -101,7 +102,9 @@ def fit_m1(run: Path, labels_per_class: int | None = None, classifier: str = "sp
     per_class = labels_per_class if labels_per_class is not None else data_cfg.labels_per_class
     if dataset.train.y is None or dataset.num_classes < 2:
         raise VaekitError(f"M1 needs class labels of at least 2 classes, and '{data_cfg.dataset}' has none")
-    train = keep_labels_per_class(dataset.train, per_class, data_cfg.split_seed) if per_class else dataset.train
+    if label_seed is not None:
+        data_cfg = dataclasses.replace(data_cfg, label_seed=label_seed)
+    train = keep_labels_per_class(dataset.train, per_class, label_draw_seed(data_cfg)) if per_class else dataset.train
     known = train.y >= 0
     missing = sorted(set(range(dataset.num_classes)) - set(train.y[known].tolist()))
     if missing:

@@ -91,3 +91,4 @@ class M1Call(Checked):
     run: str | Path = _path()
     labels_per_class: int | None = _opt(None, "labels per class", low=1, high=2**31)
     classifier: str = _opt("spreading", "the classifier", ("spreading", "logistic"))
+    label_seed: int | None = _opt(None, "seed of which images keep their labels", low=0, high=MAX_SEED)

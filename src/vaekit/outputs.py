@@ -22,6 +22,11 @@ RUN_FILES = frozenset({
     ".vaekit.lock", ".replaced",
 })
 TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # checkpoint.atomic_write's temporaries
+EVALUATIONS = re.compile(r"^evaluation-K[0-9]+\.json$")  # evaluate's file per K (checkpoint.evaluation_file)
+
+
+def is_run_file(name: str) -> bool:
+    return name in RUN_FILES or bool(EVALUATIONS.match(name))
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -35,7 +40,7 @@ def check_output(path: str | Path, flag: str = "--out") -> Path:
         folder = path.parent.resolve()
     except (OSError, RuntimeError):  # a loop of links: the write itself will say what is wrong
         return path
-    if is_run_folder(folder) and (path.name in RUN_FILES or path.exists() or path.is_symlink()):
+    if is_run_folder(folder) and (is_run_file(path.name) or path.exists() or path.is_symlink()):
         raise VaekitError(f"{flag} {path} would replace a file of the run folder {path.parent}: write elsewhere "
                           f"(or to a new name there); nothing was written")
     return path
@@ -50,7 +55,7 @@ def foreign_entries(folder: Path) -> list[str]:
         if entry.is_dir() and not entry.is_symlink():
             runs = [p.parent for p in [entry / CONFIG, *entry.rglob(CONFIG)] if p.is_file()]
             (nested if runs else other).append(entry.name + "/" + (" (a vaekit run)" if runs else ""))
-        elif entry.name not in RUN_FILES and not TEMPORARY.match(entry.name):
+        elif not is_run_file(entry.name) and not TEMPORARY.match(entry.name):
             other.append(entry.name)
     return nested + other
 

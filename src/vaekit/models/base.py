@@ -45,6 +45,12 @@ A model is an nn.Module in one file of this folder, plus one line in MODELS (mod
                                       bounds; the loop never calls them
     names (optional)                  {term: what it measures}, over NAMES: e.g. the CVAE's nll is -log p(x|c);
                                       "axis" names one latent axis ("dimension", "variable")
+    base_run(cfg), with_base(cfg, base_cfg)   (optional, staticmethods) a run the model is built on (M1+M2: the
+                                      VAE of --init-latents): prepare.py checks it was trained on the same
+                                      data, puts its model config into cfg by with_base, and its best weights
+                                      into the model's `base` submodule
+    density (optional)                a sentence, where the bound is a density of something other than the
+                                      pixels (M1+M2: the VAE's codes): no bits/dim are reported then
     axis_size (optional)              code dimensions per latent axis (default 1; a categorical variable of K
                                       categories: K); active units and per-axis numbers count axes
 

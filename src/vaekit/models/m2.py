@@ -27,12 +27,22 @@ the labelled bounds weigh about (share / (1 - share)) N_u / N_l times more again
 than in Kingma's objective (13x on digits, 570x on Fashion-MNIST at 10 labels per class). With very
 few labels among many images that weight lets q(y|x) memorise the labelled ones, which a smaller share
 counters (0.02: one labelled image per batch of 64) and a smaller alpha does not; with few images
-overall a small share starves the classifier instead. The default share is 0.5; BENCHMARKS.md
+overall a small share starves the classifier instead. The default share is therefore 10 x the labelled
+fraction, at most 0.5 (prepare.labelled_share: 0.5 on digits at 10 labels per class, 1/64 on
+Fashion-MNIST); BENCHMARKS.md
 ("Semi-supervised classification") has the measurements behind alpha's and the share's defaults.
+
+M1+M2 (Kingma et al.'s stacked model, --init-latents RUN): M2 models the codes z1 of a trained VAE (M1)
+instead of the pixels. The VAE is frozen inside this model (`base`), so evaluate and predict take raw
+images: x -> z1 = E[z1|x], the VAE's posterior mean (as M1's feature; z1 ~ q(z1|x) in training measured
+worse: label error 0.24 against 0.19 on one digits draw) -> M2 on z1 with MLP networks and a diagonal
+Gaussian p(z1 | y, z2) of learned scale; pictures decode z1 with the VAE's decoder. The bound is then
+on -log p(z1), a density of continuous codes, not a probability of the pixels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -42,14 +52,15 @@ from torch import nn
 from torch.distributions import Distribution, Independent
 
 from ..classifier import judge_conditional_samples
-from ..config import ModelConfig, _opt
-from ..distributions import diagonal_gaussian, likelihood_image, likelihood_mean
+from ..config import ModelConfig, _opt, from_dict, to_dict
+from ..distributions import diagonal_gaussian, likelihood_image
 from ..errors import VaekitError
 from ..likelihoods import pixel_likelihood
-from ..nets import make_classifier, make_networks
+from ..nets import Decoder, Encoder, make_classifier, make_networks
 from ..objectives import gaussian_latent_bounds, latent_kl
 from ..priors import components_option, make_prior, prior_option
 from .base import EvalContext, check_count, class_labels, gaussian_traversal
+from .vae import VAE, VAEConfig
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,12 @@ class M2Config(ModelConfig):
     prior_components: int = components_option()
     alpha: float | None = _opt(None, "weight of -log q(y|x) per labelled image, against that image's -ELBO "
                                "(default: Kingma et al.'s 0.1 N / N_labelled; 0 turns the classifier term off)", low=0)
+    init_latents: str | None = _opt(None, "a run of --model vae: M2 models its latent codes (M1+M2, Kingma et al.'s "
+                                    "stacked model); evaluate and predict still take images")
     # Filled in from the data, not from flags: N_labelled / N of the training images.
     labelled_fraction: float = 1.0
+    # Filled in from --init-latents: the VAE's model config (its weights are part of this model's).
+    base: dict | None = None
 
 
 class M2(nn.Module):
@@ -74,8 +89,12 @@ class M2(nn.Module):
         if cfg.num_classes < 2:
             raise VaekitError("--model m2 needs labels with at least 2 classes (y = -1 for the unknown ones)")
         self.cfg = cfg
-        self.classifier = make_classifier(cfg, cfg.num_classes)  # q(y|x)
-        self.encoder, self.decoder = make_networks(cfg, cfg.num_classes)  # q(z|x,y), p(x|y,z)
+        if cfg.base is not None:  # M1+M2: the networks see the VAE's codes z1, not the pixels
+            self.base = VAE(from_dict(VAEConfig, cfg.base)).requires_grad_(False)
+            self.classifier, self.encoder, self.decoder = code_networks(cfg, self.base.cfg.latent_dim)
+        else:
+            self.classifier = make_classifier(cfg, cfg.num_classes)  # q(y|x)
+            self.encoder, self.decoder = make_networks(cfg, cfg.num_classes)  # q(z|x,y), p(x|y,z)
         self.latent_prior = make_prior(cfg.prior, cfg.latent_dim, cfg.prior_components, cfg.image_shape)  # p(z)
         # the labels of the VampPrior's pseudo-inputs, m mod K (non-persistent: rebuilt from the config)
         self.register_buffer("pseudo_labels", torch.arange(cfg.prior_components) % cfg.num_classes, persistent=False)
@@ -85,13 +104,55 @@ class M2(nn.Module):
     def num_classes(self) -> int:
         return self.cfg.num_classes
 
+    # ---- M1+M2: the run it is built on (prepare.py reads it and loads its weights into `base`)
+    @staticmethod
+    def base_run(cfg: M2Config) -> str | None:
+        return cfg.init_latents
+
+    @staticmethod
+    def with_base(cfg: M2Config, base: ModelConfig) -> M2Config:
+        if base.model != "vae":
+            raise VaekitError(f"--init-latents needs a run of --model vae, got a run of --model {base.model}")
+        if tuple(base.image_shape) != tuple(cfg.image_shape):
+            raise VaekitError(f"--init-latents: that run's images are {tuple(base.image_shape)}, these are "
+                              f"{tuple(cfg.image_shape)}")
+        return dataclasses.replace(cfg, base=to_dict(base))
+
+    @property
+    def names(self) -> dict[str, str]:
+        if self.cfg.base is None:
+            return {}
+        return {"neg_elbo": "-ELBO(z1)", "recon": "-E_q[log p(z1|y,z2)]", "kl": "KL(q(y,z2|z1) || p(y,z2))",
+                "nll": "-log p(z1)"}
+
+    @property
+    def density(self) -> str | None:
+        """What the bound measures when it is not a probability of the pixels (M1+M2)."""
+        if self.cfg.base is None:
+            return None
+        return "-log p(z1) is a density of the VAE's continuous codes z1, in nats: not a probability of the pixels"
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        """What M2 models: the images, or (M1+M2) the VAE's codes z1 ~ q(z1|x), their mean outside training."""
+        if self.cfg.base is None:
+            return x
+        posterior = self.base.posterior(x)
+        return posterior.mean
+
+    def _images(self, likelihood: Distribution, draw: bool = False) -> torch.Tensor:
+        """Images of p(x|y,z): its mean (or a draw); M1+M2 decodes the mean (or a draw) of p(z1|y,z2)."""
+        if self.cfg.base is None:
+            return likelihood_image(likelihood, draw)
+        return self.base.decode(likelihood.sample() if draw else likelihood.mean, draw=draw)
+
     # ---- inference: q(y | x) and q(z | x, y)
     def label_posterior(self, x: torch.Tensor) -> torch.Tensor:
         """log q(y|x): (B, K)."""
         return F.log_softmax(self.classifier(x), dim=-1)
 
-    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> Independent:
-        loc, scale = self.encoder(x, self._onehot(y))
+    def posterior(self, x: torch.Tensor, y: torch.Tensor, features: torch.Tensor | None = None) -> Independent:
+        """q(z|x,y); `features`: the encoder body's output for x, when it was computed once for every class."""
+        loc, scale = self.encoder.head(self.encoder.body(x) if features is None else features, self._onehot(y))
         return diagonal_gaussian(loc, scale)
 
     # ---- generative: p(z), p(y) uniform, p(x | y, z)
@@ -101,6 +162,8 @@ class M2(nn.Module):
 
     def likelihood(self, z: torch.Tensor, y: torch.Tensor) -> Independent:
         out = self.decoder(z, self._onehot(y))
+        if self.cfg.base is not None:  # p(z1 | y, z2): (..., 2, D1) -> a diagonal Gaussian of learned scale
+            return diagonal_gaussian(out[..., 0, :], F.softplus(out[..., 1, :]) + 1e-3)
         return pixel_likelihood(out, self.cfg)
 
     def _onehot(self, y: torch.Tensor) -> torch.Tensor:
@@ -111,11 +174,12 @@ class M2(nn.Module):
         k = self.cfg.num_classes
         return x.repeat(k, *([1] * (x.dim() - 1))), torch.arange(k, device=x.device).repeat_interleave(len(x))
 
-    def _neg_elbo_given_y(self, x: torch.Tensor, y: torch.Tensor, prior: Distribution) -> tuple[torch.Tensor, torch.Tensor]:
+    def _neg_elbo_given_y(self, x: torch.Tensor, y: torch.Tensor, prior: Distribution,
+                          features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One reparameterised sample: -log p(x|y,z) and KL(q(z|x,y) || p(z)), each (B,)."""
         if not len(x):  # a batch without labelled (or without unlabelled) images: no terms, not an error
             return x.new_zeros(0), x.new_zeros(0)
-        posterior = self.posterior(x, y)
+        posterior = self.posterior(x, y, features)
         z = posterior.rsample()
         recon = -self.likelihood(z, y).log_prob(x)
         return recon, latent_kl(posterior, prior, z)[0]
@@ -127,6 +191,7 @@ class M2(nn.Module):
         if free_bits:
             raise VaekitError("--free-bits is not defined for --model m2 (its KL mixes classes): leave it at 0")
         y = torch.full((len(x),), -1, device=x.device) if y is None else y
+        x = self._codes(x)
         log_qy = self.label_posterior(x)  # (B, K)
         prior = self.prior()  # once per batch (the VampPrior encodes its pseudo-inputs)
         known = y >= 0
@@ -151,8 +216,10 @@ class M2(nn.Module):
     def _unlabelled(self, x: torch.Tensor, log_qy: torch.Tensor, prior: Distribution,
                     beta: float | torch.Tensor) -> dict[str, torch.Tensor]:
         """-U(x) = recon + kl with y summed out exactly; `weighted` has the KL of z weighted by beta."""
+        k = self.cfg.num_classes
         qy = log_qy.exp()  # (B, K)
-        recon_y, kl_y = (t.view(self.cfg.num_classes, len(x)).T for t in self._neg_elbo_given_y(*self._every_class(x), prior))
+        features = self.encoder.body(x).repeat(k, 1)  # (K*B, F): the encoder's body once per image, not per class
+        recon_y, kl_y = (t.view(k, len(x)).T for t in self._neg_elbo_given_y(*self._every_class(x), prior, features))
         recon = (qy * recon_y).sum(-1)
         kl_z = (qy * kl_y).sum(-1)
         kl_label = (qy * (log_qy + math.log(self.cfg.num_classes))).sum(-1)  # KL(q(y|x) || uniform)
@@ -169,6 +236,7 @@ class M2(nn.Module):
             nll = -log sum_y p(y) exp(IWAE_K(x | y)),  recon/kl as in -U(x),  label_error on known labels
         """
         k, b = self.cfg.num_classes, len(x)
+        x = self._codes(x)
         log_qy = self.label_posterior(x)  # (B, K)
         qy = log_qy.exp()
         xs, ys = self._every_class(x)
@@ -191,7 +259,7 @@ class M2(nn.Module):
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """q(y|x): (B, K)."""
-        return self.label_posterior(x).exp()
+        return self.label_posterior(self._codes(x)).exp()
 
     def metrics(self, context: EvalContext) -> dict:
         """How recognisable its samples of each class are, judged as the CVAE's are."""
@@ -202,7 +270,7 @@ class M2(nn.Module):
         """n images E[x|y,z], z ~ p(z): (n, C, H, W) in [0, 1], for labels y (one int or n ints)."""
         n = check_count(n)
         y = class_labels(labels, n, self.num_classes, self.encoder.out.weight.device)
-        return likelihood_mean(self.likelihood(self.prior().sample((n,)), y))
+        return self._images(self.likelihood(self.prior().sample((n,)), y))
 
     def _known_or_predicted(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         guess = self.label_posterior(x).argmax(-1)
@@ -210,17 +278,28 @@ class M2(nn.Module):
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[z | x, y], with y the known label or else the classifier's guess: (B, D)."""
+        x = self._codes(x)
         return self.posterior(x, self._known_or_predicted(x, y)).mean
 
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._codes(x)
         y = self._known_or_predicted(x, y)
-        return likelihood_mean(self.likelihood(self.posterior(x, y).mean, y))
+        return self._images(self.likelihood(self.posterior(x, y).mean, y))
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | list[int] | int | None = None, *,
                draw: bool = False) -> torch.Tensor:
         """The mean image E[x | y, z] of latent points z: (B, D) and labels (draw=True: an image drawn from p(x|y,z))."""
-        return likelihood_image(self.likelihood(z, class_labels(labels, len(z), self.num_classes, z.device)), draw)
+        return self._images(self.likelihood(z, class_labels(labels, len(z), self.num_classes, z.device)), draw)
 
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
         """Each dimension of z: (D,) over its prior's quantiles: (D, steps, D)."""
         return gaussian_traversal(z, steps)
+
+
+def code_networks(cfg: M2Config, code_dim: int) -> tuple[nn.Module, Encoder, Decoder]:
+    """M1+M2's MLPs on codes z1: (B, D1): q(y|z1) (a hidden layer), q(z2|z1,y) and p(z1|y,z2) -> (B, 2, D1)."""
+    classifier = nn.Sequential(nn.Linear(code_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.num_classes))
+    k = cfg.num_classes
+    encoder = Encoder(nn.Identity(), code_dim, k, cfg.hidden, cfg.latent_dim, cfg.hidden_layers, cfg.gated)
+    decoder = Decoder([], (2, code_dim), k, cfg.hidden, cfg.latent_dim, False, cfg.hidden_layers, cfg.gated)
+    return classifier, encoder, decoder
