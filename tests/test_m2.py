@@ -59,7 +59,7 @@ def test_unlabelled_bound_enumerates_every_class_weighted_by_q():
     model = tiny_m2(k=3).train()
     seen = []
 
-    def given_y(x, y, prior):  # a known stand-in for the per-class -ELBO: recon = 10 y + 1, KL = y
+    def given_y(x, y, prior, features=None):  # a known stand-in for the per-class -ELBO: recon = 10 y + 1, KL = y
         seen.append(y.clone())
         return 10 * y.double() + 1, y.double()
 
@@ -78,7 +78,7 @@ def test_unlabelled_bound_enumerates_every_class_weighted_by_q():
 
 def test_labelled_images_use_the_labelled_bound_and_the_classifier_term():
     model = tiny_m2(k=3, alpha=2.0).train()
-    model._neg_elbo_given_y = lambda x, y, prior: (10 * y.float() + 1, y.float())
+    model._neg_elbo_given_y = lambda x, y, prior, features=None: (10 * y.float() + 1, y.float())
     x = torch.rand(4, 1, 8, 8).bernoulli()
     y = torch.tensor([2, -1, 0, -1])
     terms = model(x, y)
