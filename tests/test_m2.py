@@ -495,14 +495,14 @@ def test_m1_plus_m2_resumes_without_reading_the_vae_again(stacked_run, tmp_path)
     assert vaekit.evaluate(first, iw_samples=2, device="cpu", samples_per_class=5)["n_images"] > 0
 
 
-@pytest.mark.parametrize("case", ["not a vae", "other split", "missing"])
+@pytest.mark.parametrize("case", ["not a vae", "other split", "missing", "vamp"])
 def test_m1_plus_m2_refuses_a_base_it_cannot_use(case, stacked_run, tmp_path, capsys):
     vae, run = stacked_run
-    base = {"not a vae": run, "other split": vae, "missing": tmp_path / "nowhere"}[case]
-    extra = ["--split-seed", "3"] if case == "other split" else []
+    base = {"not a vae": run, "other split": vae, "missing": tmp_path / "nowhere", "vamp": vae}[case]
+    extra = {"other split": ["--split-seed", "3"], "vamp": ["--prior", "vamp"]}.get(case, [])
     code = main(["train", "--model", "m2", "--init-latents", str(base), "--labels-per-class", "5", "--epochs", "1",
                  "--width", "8", "--hidden", "32", "--latent-dim", "4", "--out", str(tmp_path / "out"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert {"not a vae": "needs a run of --model vae", "other split": str(vae),
-            "missing": "nowhere"}[case] in err[0]
+            "missing": "nowhere", "vamp": "not vamp"}[case] in err[0]

@@ -113,6 +113,8 @@ class M2(nn.Module):
     def with_base(cfg: M2Config, base: ModelConfig) -> M2Config:
         if base.model != "vae":
             raise VaekitError(f"--init-latents needs a run of --model vae, got a run of --model {base.model}")
+        if cfg.prior == "vamp":  # its pseudo-inputs are images, and M1+M2's encoder reads codes
+            raise VaekitError("--init-latents works with --prior normal or mixture, not vamp")
         if tuple(base.image_shape) != tuple(cfg.image_shape):
             raise VaekitError(f"--init-latents: that run's images are {tuple(base.image_shape)}, these are "
                               f"{tuple(cfg.image_shape)}")
@@ -133,11 +135,8 @@ class M2(nn.Module):
         return "-log p(z1) is a density of the VAE's continuous codes z1, in nats: not a probability of the pixels"
 
     def _codes(self, x: torch.Tensor) -> torch.Tensor:
-        """What M2 models: the images, or (M1+M2) the VAE's codes z1 ~ q(z1|x), their mean outside training."""
-        if self.cfg.base is None:
-            return x
-        posterior = self.base.posterior(x)
-        return posterior.mean
+        """What M2 models: the images, or (M1+M2) the VAE's codes z1 = E[z1|x]: (B, D1)."""
+        return x if self.cfg.base is None else self.base.posterior(x).mean
 
     def _images(self, likelihood: Distribution, draw: bool = False) -> torch.Tensor:
         """Images of p(x|y,z): its mean (or a draw); M1+M2 decodes the mean (or a draw) of p(z1|y,z2)."""
