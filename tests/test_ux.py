@@ -330,3 +330,22 @@ def test_vaekit_plot_writes_a_vector_figure_of_a_panel(run, tmp_path, capsys, pa
 def test_vaekit_plot_mistakes_are_one_line(run, tmp_path, capsys):
     assert main(["plot", str(run), "curves", "--out", str(tmp_path / "x.doc")]) == 2
     assert "cannot tell the figure format" in capsys.readouterr().err
+
+
+def test_plain_samples_and_analogies_have_labelled_rows_and_a_title(digits_run, cvae_run):
+    """Every grid vaekit writes says what its rows are: plain samples and the analogy grid had bare images."""
+    from vaekit.config import DataConfig
+    from vaekit.data import load_dataset
+    from vaekit.plots import analogy_grid, image_grid, sample_grid
+
+    with torch.no_grad():
+        samples = sample_grid(vaekit.load(digits_run), n=16)
+        test = load_dataset(DataConfig(dataset="digits")).test
+        x, y = test.to_float()[:3], test.y[:3]
+        analogies = analogy_grid(vaekit.load(cvae_run), x, y, n=3)
+    for picture, bare in ((samples, image_grid(torch.zeros(16, 1, 8, 8), nrow=8)),
+                          (analogies, image_grid(torch.zeros(33, 1, 8, 8), nrow=11))):
+        assert picture.width > bare.width and picture.height > bare.height  # a label column and a title band
+        pixels = np.asarray(picture.convert("L"))
+        assert (pixels[:, : picture.width - bare.width] < 128).any()  # the row labels are drawn
+        assert (pixels[: picture.height - bare.height] < 128).any()  # the title is drawn

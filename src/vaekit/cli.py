@@ -308,7 +308,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .api import load
     from .checkpoint import class_index, class_names
-    from .plots import image_grid, sample_grid, save_image
+    from .plots import image_grid, label_rows, sample_grid, save_image
 
     check_output(args.out)
     if args.n < 1:
@@ -322,12 +322,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
                           f"{' or '.join(conditional_models())})")
     torch.manual_seed(args.seed)
     names = class_names(Path(args.run), model.num_classes)
-    if model.num_classes and args.label is None:
-        picture = sample_grid(model, names=names)
-    else:
-        label = None if args.label is None else class_index(Path(args.run), model.num_classes, args.label)
-        with torch.no_grad():
-            picture = image_grid(model.sample(args.n, labels=label), nrow=min(args.n, 8))
+    with torch.no_grad():
+        if args.label is None:  # a model that draws classes: a row per class; else --n samples
+            picture = sample_grid(model, n=args.n, names=names)
+        else:
+            label = class_index(Path(args.run), model.num_classes, args.label)
+            grid = image_grid(model.sample(args.n, labels=label), nrow=min(args.n, 8))
+            picture = label_rows(grid, [""], title=f"{args.n} samples of class {names[label]}")
     print(save_image(args.out, picture))
     return 0
 

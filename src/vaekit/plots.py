@@ -104,7 +104,9 @@ def sample_grid(model, n: int = 64, names: list[str] | None = None) -> Image.Ima
         grid = image_grid(model.sample(len(labels), labels=labels.tolist()), nrow=per_class)
         names = names or [str(c) for c in range(k)]
         return label_rows(grid, [f"class {c}" for c in names], title="Samples E[x|z,c], z ~ p(z|c): a row per class")
-    return image_grid(model.sample(n), nrow=8)
+    rows = -(-n // 8)
+    return label_rows(image_grid(model.sample(n), nrow=8), [f"{8 * r + 1}-{min(n, 8 * r + 8)}" for r in range(rows)],
+                      title=f"{n} samples E[x|z], z ~ p(z)")
 
 
 @torch.no_grad()
@@ -129,7 +131,9 @@ def analogy_grid(model, x: torch.Tensor, y: torch.Tensor, n: int = 8) -> Image.I
     z = model.encode(x, y)  # (n, D)
     redrawn = model.decode(z.repeat_interleave(k, 0), torch.arange(k, device=z.device).repeat(len(x)))
     rows = torch.cat([x.unsqueeze(1), redrawn.view(len(x), k, *x.shape[1:])], dim=1)  # (n, K+1, C, H, W)
-    return image_grid(rows.flatten(0, 1), nrow=rows.shape[1])
+    labels = [f"test image {i + 1}" + ("" if y is None or y[i] < 0 else f" (class {int(y[i])})") for i in range(len(x))]
+    return label_rows(image_grid(rows.flatten(0, 1), nrow=rows.shape[1]), labels,
+                      title=f"Each row: a test image, then its z decoded as class 0, 1, ..., {k - 1}")
 
 
 def axis_kl(model, x: torch.Tensor, y: torch.Tensor | None, axes: int) -> np.ndarray | None:
