@@ -13,7 +13,7 @@ import matplotlib.ticker
 import numpy as np
 import torch
 from matplotlib.figure import Figure  # no pyplot: no global backend switch, no open-figure state
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from . import checkpoint as ckpt
 from .errors import VaekitError
@@ -41,8 +41,6 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 1, min_cell: int = 28
 def label_rows(picture: Image.Image, labels: list[str], rows: int | None = None, title: str | None = None) -> Image.Image:
     """The picture with a text label left of each of its `rows` (default: len(labels)) equal-height rows of
     images (a label per row; "" leaves one blank) and an optional title above, black on white."""
-    from PIL import ImageDraw, ImageFont
-
     rows = rows or len(labels)
     font = ImageFont.load_default(size=12)
     draw = ImageDraw.Draw(picture)
