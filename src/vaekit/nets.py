@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import VaekitError
-from .likelihoods import parameter_channels
+from .likelihoods import initial_bias, parameter_channels
 
 Act = nn.SiLU
 
@@ -182,7 +182,7 @@ def make_networks(cfg: ModelConfig, k: int = 0) -> tuple[Encoder, Decoder]:
     encoder = Encoder(enc_body, math.prod(feature_shape), k, cfg.hidden, cfg.latent_dim, cfg.hidden_layers, cfg.gated)
     decoder = Decoder(dec_stages, _decoder_features(cfg, feature_shape, out_channels), k, cfg.hidden, cfg.latent_dim,
                       cfg.arch != "mlp", cfg.hidden_layers, cfg.gated)
-    return encoder, decoder
+    return encoder, start_likelihood(decoder, cfg)
 
 
 def make_encoder(cfg: ModelConfig, latent_dim: int, k: int = 0) -> Encoder:
@@ -195,8 +195,21 @@ def make_decoder(cfg: ModelConfig, latent_dim: int, k: int = 0) -> Decoder:
     """The decoder alone, from latent vectors of `latent_dim` and an extra input of k numbers (a one-hot class)."""
     out_channels = parameter_channels(cfg)
     _, dec_stages, feature_shape = _bodies(cfg, out_channels)
-    return Decoder(dec_stages, _decoder_features(cfg, feature_shape, out_channels), k, cfg.hidden, latent_dim,
-                   cfg.arch != "mlp", cfg.hidden_layers, cfg.gated)
+    decoder = Decoder(dec_stages, _decoder_features(cfg, feature_shape, out_channels), k, cfg.hidden, latent_dim,
+                      cfg.arch != "mlp", cfg.hidden_layers, cfg.gated)
+    return start_likelihood(decoder, cfg)
+
+
+@torch.no_grad()
+def start_likelihood(decoder: Decoder, cfg: ModelConfig) -> Decoder:
+    """Adds the likelihood's initial_bias (P,) to the decoder's last layer, at every pixel: a fresh model's
+    p(x|z) starts there (the discretized likelihoods: near uniform over the levels) instead of at zeros."""
+    bias = initial_bias(cfg)
+    if bias is not None:
+        last = decoder.stages[-1] if decoder.stages else decoder.to_features[0]
+        last = last[-1] if isinstance(last, nn.Sequential) else last  # conv: (P,); MLP: (P * H * W,)
+        last.bias.view(len(bias), -1).add_(bias.to(last.bias.dtype)[:, None])
+    return decoder
 
 
 def _decoder_features(cfg: ModelConfig, feature_shape: tuple[int, ...], out_channels: int) -> tuple[int, ...]:

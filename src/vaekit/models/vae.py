@@ -4,8 +4,10 @@
     prior:       p(z) = N(0, I), a learned Gaussian mixture or the VampPrior (--prior, priors.py);
                  CVAE: p(z | c) = N(m_c, diag(s_c^2)), learned per class
     generative:  p(x | z[, c]) = Bernoulli(sigmoid(logits(z, c)))  or  N(mean(z, c), sigma^2 I)
-                 --autoregressive: prod_i Bernoulli(x_i | x_<i, z[, c]), the decoder's logits plus a
-                 masked network over the earlier pixels (autoregressive.py)
+                 or a discretized likelihood of 8-bit values (likelihoods.py)
+                 --autoregressive: prod_i p(x_i | x_<i, z[, c]): the decoder's output plus a masked network
+                 over the earlier pixels (MADE for Bernoulli pixels, autoregressive.py; masked convolutions
+                 for the discretized likelihoods, pixel_cnn.py)
     objective:   ELBO = E_q[log p(x|z,c)] - KL(q(z|x,c) || p(z[|c]))   (objectives.elbo)
 
 In the CVAE the class label c in {0..K-1} enters both networks as a one-hot vector. Its prior is a
@@ -32,21 +34,23 @@ from ..classifier import judge_conditional_samples
 from ..config import ModelConfig, _opt
 from ..distributions import diagonal_gaussian, likelihood_image, likelihood_mean
 from ..errors import VaekitError
-from ..likelihoods import pixel_likelihood
+from ..likelihoods import Bernoulli, likelihood_kind, parameter_channels, pixel_likelihood
 from ..nets import make_networks
 from ..objectives import elbo, gaussian_latent_bounds, iwae_objective
+from ..pixel_cnn import AutoregressivePixels, PixelCNNContext
 from ..priors import components_option, make_prior, prior_option
 from .base import EvalContext, check_count, class_labels, gaussian_traversal, warmup_epochs
 
 
 def autoregressive_option() -> bool:
-    return _opt(False, "p(x|z) = prod_i Bernoulli(x_i | x_<i, z): the decoder's logits plus a masked network (MADE) "
-                "over the pixels before each one, in raster order (Bernoulli likelihood; drawing a picture takes one "
-                "step per pixel)")
+    return _opt(False, "p(x|z) = prod_i p(x_i | x_<i, z): the decoder's output plus a masked network over the pixels "
+                "before each one, in raster order: MADE for Bernoulli pixels, masked convolutions (PixelCNN) for the "
+                "discretized likelihoods of 8-bit values (drawing a picture takes one step per pixel)")
 
 
 def autoregressive_hidden_option() -> int:
-    return _opt(0, "hidden units of --autoregressive's masked network (0: --hidden)", low=0, high=65536)
+    return _opt(0, "width of --autoregressive's masked network (0: --hidden units for Bernoulli pixels, 64 channels "
+                "for the discretized likelihoods)", low=0, high=65536)
 
 
 def train_samples_option() -> int:
@@ -92,10 +96,15 @@ class VAE(nn.Module):
         self.pixel_context = None  # a(x_<i, z) of the autoregressive likelihood
         hidden = cfg.autoregressive_hidden
         if cfg.autoregressive:
-            if cfg.likelihood not in ("bernoulli", "auto"):
-                raise VaekitError("--autoregressive is a Bernoulli likelihood over binary pixels: drop --likelihood gaussian")
-            self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes,
-                                              hidden or cfg.hidden)
+            kind = likelihood_kind(cfg)
+            if kind is Bernoulli:
+                self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes,
+                                                  hidden or cfg.hidden)
+            elif kind.discrete:
+                self.pixel_context = PixelCNNContext(cfg.image_shape[0], parameter_channels(cfg), hidden or 64)
+            else:
+                raise VaekitError(f"--autoregressive models discrete pixels, and --likelihood {cfg.likelihood} is a "
+                                  "density of continuous values: use bernoulli, logistic-mixture or discretized-gaussian")
         elif hidden:
             raise VaekitError("--autoregressive-hidden sizes the masked network of --autoregressive: add --autoregressive")
 
@@ -133,9 +142,11 @@ class VAE(nn.Module):
         """p(x | z[, c]) for z: (..., B, D), batch shape (..., B): its log_prob takes images (B, C, H, W)."""
         onehot = self.condition(c)
         out = self.decoder(z, onehot)  # (..., B, C, H, W)
-        if self.pixel_context is not None:
+        if isinstance(self.pixel_context, PixelContext):
             context = z if onehot is None else torch.cat([z, onehot], -1)
             return AutoregressiveBernoulli(out, self.pixel_context, context)
+        if self.pixel_context is not None:
+            return AutoregressivePixels(out, self.pixel_context, lambda params: pixel_likelihood(params, self.cfg))
         return pixel_likelihood(out, self.cfg)
 
     # ---- objective
