@@ -207,6 +207,16 @@ def test_m2_evaluate_and_predict(m2_run, tmp_path, capsys):
     assert report["nll"] < report["neg_elbo"] + 3 * report["neg_elbo_se"]
     assert report["neg_elbo"] == report["recon"] + report["kl"]
     assert len(report["conditional_accuracy_per_class"]) == 10
+    # the label error is of q(y|x) averaged over 20 binarizations of each grey-level test image, as predict's
+    from vaekit.latent_classifier import class_probabilities
+    from vaekit.runs import evaluation_data
+
+    split, _, mode = evaluation_data(m2_run)
+    probs = class_probabilities(vaekit.load(m2_run), split, mode)  # (N, 10)
+    assert mode == "dynamic" and report["label_error_binarizations"] == 20
+    assert report["label_error"] == pytest.approx(float((probs.argmax(-1) != split.y).double().mean()))
+    one_draw = vaekit.load(m2_run).predict_proba(torch.bernoulli(split.to_float(), generator=torch.Generator().manual_seed(0)))
+    assert not torch.allclose(probs, one_draw.double(), atol=1e-3)  # an average, not one draw
     code = main(["predict", str(m2_run), "--out", str(tmp_path / "p.csv")])
     assert code == 0
     rows = list(csv.reader(io.StringIO((tmp_path / "p.csv").read_text())))
@@ -215,6 +225,9 @@ def test_m2_evaluate_and_predict(m2_run, tmp_path, capsys):
     for row in rows[1:]:
         probs = [float(v) for v in row[2:]]
         assert abs(sum(probs) - 1) < 1e-4 and int(row[1]) == int(np.argmax(probs))
+    # predict reports the same averaged q(y|x) (to the CSV's six decimals)
+    written = torch.tensor([[float(v) for v in row[2:]] for row in rows[1:]], dtype=torch.float64)
+    assert torch.allclose(written, class_probabilities(vaekit.load(m2_run), split, mode), atol=2e-6)
     npz = tmp_path / "some.npz"
     np.savez(npz, x=np.random.default_rng(0).integers(0, 2, (30, 8, 8)).astype(np.uint8) * 255,
              y=np.arange(30) % 10)

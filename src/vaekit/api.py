@@ -27,7 +27,8 @@ from .data import Split, load_dataset, stored_location, test_targets
 from .devices import resolve_device
 from .errors import VaekitError
 from .evaluate import evaluate as evaluate_model
-from .latent_classifier import label_error
+from .evaluate import mean_and_se
+from .latent_classifier import BINARIZATIONS, class_probabilities, label_error
 from .options import EvaluateCall, RunCall, TrainCall
 from .recipes import RESUME_CHANGES, read_recipe, stage_status
 from .runs import evaluation_data, load_model, read_config
@@ -233,6 +234,12 @@ def evaluate(
     result.update(model.metrics(context))
     if limit is not None:
         split = Split(split.x[:limit], None if split.y is None else split.y[:limit], split.max_value)
+    known = None if split.y is None else split.y >= 0
+    if model.classifies and mode != "none" and known is not None and bool(known.any()):
+        # q(y|x) averaged over binarizations, as the model saw its images in training (one draw is noisy)
+        probs = class_probabilities(model, Split(split.x[known], None, split.max_value), mode)
+        result["label_error"], result["label_error_se"] = mean_and_se((probs.argmax(-1) != split.y[known]).double())
+        result["label_error_binarizations"] = BINARIZATIONS
     m1 = label_error(Path(run), model, split, mode)  # M1: a classifier on the latent means, if the run has one
     if m1 is not None:  # named apart when the model classifies too (M1 fitted on a run of a model that classifies)
         key = "m1_label_error" if "label_error" in result else "label_error"

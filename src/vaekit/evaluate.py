@@ -31,7 +31,7 @@ from .models.base import NAMES, axis_size, names_of
 LONG_EVALUATION_S = 60.0  # estimates above this are announced
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float | None, float | None]:
+def mean_and_se(values: torch.Tensor) -> tuple[float | None, float | None]:
     """Mean and standard error; None where undefined (no values, or one value for the error)."""
     values = values.double()
     if len(values) == 0:
@@ -120,8 +120,8 @@ def _report(model, x: torch.Tensor, terms: dict[str, torch.Tensor], mu: torch.Te
     result: dict = {"n_images": len(x), "iw_samples": iw_samples}
     for key, v in terms.items():
         if v.dim() == 1:
-            result[key], result[f"{key}_se"] = _mean_se(v)
-    result["neg_elbo"], result["neg_elbo_se"] = _mean_se(terms["recon"].double() + terms["kl"].double())
+            result[key], result[f"{key}_se"] = mean_and_se(v)
+    result["neg_elbo"], result["neg_elbo_se"] = mean_and_se(terms["recon"].double() + terms["kl"].double())
     result["neg_elbo"] = result["recon"] + result["kl"]
     num_dims = math.prod(x.shape[1:])
     cfg = getattr(model, "cfg", None)
@@ -186,9 +186,13 @@ def format_report(r: dict) -> str:
     for key, value in r.items():  # whatever else the model reported (its metrics(), per-example terms)
         if key in shown or key.endswith("_se") or value is None:
             continue
+        label = key.replace("_", " ")
+        label = f"{label:{width}s}" + (" " if len(label) >= width else "")  # a long name keeps a space
         if isinstance(value, float):
             se = f" ± {r[key + '_se']:.4f}" if r.get(key + "_se") is not None else ""
-            lines.append(f"  {key.replace('_', ' '):{width}s}{value:.4f}{se}")
+            draws = r.get(f"{key}_binarizations")
+            how = f"   (q(y|x) averaged over {draws} binarizations of each test image)" if draws else ""
+            lines.append(f"  {label}{value:.4f}{se}{how}")
         elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-            lines.append(f"  {key.replace('_', ' '):{width}s}" + " ".join(f"{v:.2f}" for v in value))
+            lines.append(f"  {label}" + " ".join(f"{v:.2f}" for v in value))
     return "\n".join(lines)
