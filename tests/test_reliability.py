@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 import vaekit
 import vaekit.checkpoint as ckpt
+import vaekit.grids
 import vaekit.plots
 from vaekit import VaekitError
 from vaekit.api import make_configs
@@ -508,7 +509,7 @@ def test_run_files_follow_the_umask(tmp_path, umask):
     previous = os.umask(umask)
     try:
         run = fit_tiny(tmp_path / "run")
-        vaekit.plots.save_png(run / "extra.png", vaekit.plots.image_grid(torch.zeros(1, 1, 8, 8), nrow=1))
+        vaekit.grids.save_png(run / "extra.png", vaekit.grids.image_grid(torch.zeros(1, 1, 8, 8), nrow=1))
     finally:
         os.umask(previous)
     files = [p for p in run.iterdir() if p.is_file()]

@@ -305,8 +305,8 @@ def test_the_latent_map_has_a_legend_of_class_names():
 def test_pictures_get_row_labels_and_unused_axes_one_line(run):
     model = vaekit.load(run)
     x = vaekit.load_data(run)["test"].tensors[0]
-    plain = vaekit.plots.image_grid(x[:16], nrow=8)
-    labelled = vaekit.plots.reconstruction_grid(model, x, None)
+    plain = vaekit.grids.image_grid(x[:16], nrow=8)
+    labelled = vaekit.grids.reconstruction_grid(model, x, None)
     assert labelled.width > plain.width  # a column of row labels
     column = np.asarray(labelled)[:, : labelled.width - plain.width]
     assert (column < 128).any()  # text drawn in it
@@ -336,7 +336,7 @@ def test_plain_samples_and_analogies_have_labelled_rows_and_a_title(digits_run, 
     """Every grid vaekit writes says what its rows are: plain samples and the analogy grid had bare images."""
     from vaekit.config import DataConfig
     from vaekit.data import load_dataset
-    from vaekit.plots import analogy_grid, image_grid, sample_grid
+    from vaekit.grids import analogy_grid, image_grid, sample_grid
 
     with torch.no_grad():
         samples = sample_grid(vaekit.load(digits_run), n=16)

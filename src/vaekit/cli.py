@@ -308,7 +308,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .api import load
     from .checkpoint import class_index, class_names
-    from .plots import image_grid, label_rows, sample_grid, save_image
+    from .grids import image_grid, label_rows, sample_grid, save_image
 
     check_output(args.out)
     if args.n < 1:
@@ -343,7 +343,7 @@ def _test_images(run: str):
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .api import load
-    from .plots import reconstruction_grid, save_image
+    from .grids import reconstruction_grid, save_image
 
     check_output(args.out)
     if args.n < 1:
@@ -356,7 +356,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_analogy(args: argparse.Namespace) -> int:
     from .api import load
-    from .plots import analogy_grid, save_image
+    from .grids import analogy_grid, save_image
 
     check_output(args.out)
     if args.n < 1:

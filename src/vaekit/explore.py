@@ -44,14 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import plots, runs
+from . import grids, runs
+from .checkpoint import class_names
 from .data import test_targets
 from .devices import resolve_device
 from .errors import VaekitError
-from .checkpoint import class_names
+from .grids import axis_kl
 from .latent_map import LatentMap, latent_map
 from .models.base import axis_size, class_labels, names_of
-from .plots import axis_kl
 from .report import data_uri
 
 MAP_IMAGES, GALLERY, STEPS = 2000, 48, 41  # slider steps: N(0, 1) quantiles 2.5 % .. 97.5 % in 40 even steps
@@ -238,7 +238,7 @@ class Explorer:
             t = torch.linspace(0, 1, steps, device=self.device, dtype=za.dtype)[:, None]
             images = self.model.decode(za + t * (zb - za), self._labels(label, steps))
         row = torch.cat([self.shown[a : a + 1], images, self.shown[b : b + 1]])
-        return {"image": data_uri(plots.png_bytes(plots.image_grid(row, nrow=len(row), min_cell=1))),
+        return {"image": data_uri(grids.png_bytes(grids.image_grid(row, nrow=len(row), min_cell=1))),
                 "from": a, "to": b, "steps": steps}
 
 
@@ -282,7 +282,7 @@ def parse_request(raw: bytes) -> dict:
 
 def png_uri(image: torch.Tensor) -> str:
     """A PNG data URI of one image (C, H, W) in [0, 1], at its own size (the page scales it up)."""
-    return data_uri(plots.png_bytes(plots.image_grid(image[None], nrow=1, pad=0, min_cell=1)))
+    return data_uri(grids.png_bytes(grids.image_grid(image[None], nrow=1, pad=0, min_cell=1)))
 
 
 def page() -> bytes:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from . import checkpoint as ckpt
-from . import plots, runs
+from . import grids, plots, runs
 from .data import test_targets
 from .errors import VaekitError
 from .evaluate import active_units_definition
@@ -245,11 +245,11 @@ def map_section(model, plane: LatentMap, y: torch.Tensor | None, names: list[str
     if model.num_classes:
         figures = []
         for c in range(model.num_classes):
-            grid = plots.image_grid(model.decode(z, torch.full((len(z),), c, device=device)), nrow=SWEEP_STEPS, min_cell=16)
-            figures.append(_figure(plots.png_bytes(grid), f"class {html.escape(names[c])}"))
+            grid = grids.image_grid(model.decode(z, torch.full((len(z),), c, device=device)), nrow=SWEEP_STEPS, min_cell=16)
+            figures.append(_figure(grids.png_bytes(grid), f"class {html.escape(names[c])}"))
         parts.append(f'<p>{caption}, drawn as each class:</p><div class="gallery">{"".join(figures)}</div>')
     else:
-        parts.append(_figure(plots.png_bytes(plots.image_grid(model.decode(z), nrow=SWEEP_STEPS)), caption))
+        parts.append(_figure(grids.png_bytes(grids.image_grid(model.decode(z), nrow=SWEEP_STEPS)), caption))
     return "".join(parts)
 
 
@@ -288,7 +288,7 @@ def reconstruction_section(model, x: torch.Tensor, y: torch.Tensor | None, shown
     for start in range(0, len(x), per_row):
         rows += [p[start : start + per_row] for p in parts]
     names = ["test image", "binarized", "reconstruction"] if len(parts) == 3 else ["test image", "reconstruction"]
-    grid = plots.png_bytes(plots.label_rows(plots.image_grid(torch.cat(rows), nrow=per_row),
+    grid = grids.png_bytes(grids.label_rows(grids.image_grid(torch.cat(rows), nrow=per_row),
                                             names * (len(rows) // len(parts))))
     what = ("test images, the same binarized (as the model sees them), and their reconstructions E[x|z = E[z|x]]"
             if len(parts) == 3 else "test images above their reconstructions E[x|z = E[z|x]]")
@@ -308,16 +308,16 @@ def interpolation_section(model, x: torch.Tensor, y: torch.Tensor | None, shown:
     images = model.decode(z.flatten(0, 1), None if labels is None else labels.repeat_interleave(INTERPOLATION_STEPS))
     rows = torch.cat([shown[a][:, None], images.view(len(pairs), INTERPOLATION_STEPS, *x.shape[1:]), shown[b][:, None]],
                      dim=1)
-    grid = plots.image_grid(rows.flatten(0, 1), nrow=INTERPOLATION_STEPS + 2)
+    grid = grids.image_grid(rows.flatten(0, 1), nrow=INTERPOLATION_STEPS + 2)
     how = " (pairs of one class, decoded as that class)" if model.num_classes else ""
-    return ("<h2>Interpolations</h2>" + _figure(plots.png_bytes(grid), "each row: a test image, its code E[z|x] moved "
+    return ("<h2>Interpolations</h2>" + _figure(grids.png_bytes(grid), "each row: a test image, its code E[z|x] moved "
             f"in {INTERPOLATION_STEPS} even steps to another's, decoded, and the other image{how}"))
 
 
 def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: torch.Tensor) -> str:
     z0 = model.encode(x[:1], None if y is None else y[:1])[0]
     walk = model.traversal(z0, TRAVERSAL_STEPS)  # (A, S, D)
-    kl = plots.axis_kl(model, x, y, walk.shape[0])
+    kl = grids.axis_kl(model, x, y, walk.shape[0])
     order = np.argsort(-kl, kind="stable") if kl is not None else np.arange(walk.shape[0])
     rows = order[:MAX_TRAVERSAL_ROWS]
     labels = _labels_for(model, None if y is None else y[:1], 1, x.device)
@@ -330,14 +330,14 @@ def traversal_section(model, x: torch.Tensor, y: torch.Tensor | None, shown: tor
         if kl is not None and kl[axis] < UNUSED_KL:  # rows that do not change: one line for all of them
             unused.append(axis + 1)
             continue
-        strip = plots.png_bytes(plots.image_grid(row, nrow=walk.shape[1]))
+        strip = grids.png_bytes(grids.image_grid(row, nrow=walk.shape[1]))
         kl_text = f"{kl[axis]:.3f}" if kl is not None else "n/a"
         table.append(f'<tr><td>{axis_name} {axis + 1}</td><td class="num">{kl_text}</td><td>{_img(strip, f"axis {axis + 1}", scale=2)}</td></tr>')
     if unused:
         listed = ", ".join(map(str, unused))
         table.append(f'<tr class="unused"><td>{len(unused)} {axis_name}s</td><td class="num">&lt; {UNUSED_KL:g}</td>'
                      f"<td>{axis_name}s {listed}: KL near 0, unused by the model (their rows would not change)</td></tr>")
-    original = plots.png_bytes(plots.image_grid(shown[:1], nrow=1))
+    original = grids.png_bytes(grids.image_grid(shown[:1], nrow=1))
     more = f" (the {MAX_TRAVERSAL_ROWS} of most KL)" if walk.shape[0] > MAX_TRAVERSAL_ROWS else ""
     return ("<h2>Latent traversals</h2><p>Starting from the code of the test image "
             f"{_img(original, 'the first test image')}, each row walks one latent axis{more} over its range "
@@ -366,7 +366,7 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
         torch.manual_seed(seed)
         sections.append(curves_section(metrics, pictures.get("curves.png")))
         names = ckpt.class_names(run, model.num_classes)
-        samples = pictures.get("samples.png") or plots.png_bytes(plots.sample_grid(model, names=names))
+        samples = pictures.get("samples.png") or grids.png_bytes(grids.sample_grid(model, names=names))
         sections.append("<h2>Samples</h2>" + _figure(samples, "E[x|z], z drawn from the prior" + (
             " (of the class), one row per class" if model.num_classes else "")))
         sections.append(reconstruction_section(model, x, y, shown))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .errors import VaekitError
+from .grids import sample_grid
 
 
 class TensorBoardLog:
@@ -27,8 +28,6 @@ class TensorBoardLog:
         self.seed = seed
 
     def epoch(self, record: dict, model: torch.nn.Module) -> None:
-        from .plots import sample_grid  # matplotlib loads only with --tensorboard, not for every training run
-
         epoch = record["epoch"]
         for key, value in record.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
