@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--also", action="append", default=[], metavar="'KEY=VALUE ...'",
                         help="another vaekit VAE row with these `vaekit train` options over the defaults (repeatable), "
                              "e.g. --also 'arch=resnet latent_dim=64' or --also autoregressive=True")
-    parser.add_argument("--no-latent-steps", type=int, default=1000)
+    parser.add_argument("--no-latent-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(args.out)
