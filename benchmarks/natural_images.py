@@ -32,19 +32,25 @@ import torch
 
 TILE = 32
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "china")
+MORE_PHOTOS = ("motorcycle", "grace_hopper")  # --more-photos: scikit-image's stereo left view, matplotlib's sample
 TEST_PHOTOS = ("chelsea", "flower")
 
 
 def photos() -> dict[str, np.ndarray]:
-    """name -> (H, W, 3) uint8: scikit-image's colour photographs and scikit-learn's two."""
+    """name -> (H, W, 3) uint8: scikit-image's colour photographs, scikit-learn's two and matplotlib's one."""
+    import matplotlib.cbook
     import skimage.data
     from sklearn.datasets import load_sample_images
+    from PIL import Image
 
     found = {name: getattr(skimage.data, name)() for name in ("astronaut", "coffee", "rocket", "immunohistochemistry",
                                                               "chelsea")}
     sample = load_sample_images()
     for path, image in zip(sample.filenames, sample.images):
         found[Path(path).stem] = image
+    found["motorcycle"] = skimage.data.stereo_motorcycle()[0]
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        found["grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
     return {k: np.ascontiguousarray(v[..., :3]).astype(np.uint8) for k, v in found.items()}
 
 
@@ -178,16 +184,23 @@ def main() -> None:
                              "e.g. --also 'arch=resnet latent_dim=64' or --also autoregressive=True")
     parser.add_argument("--no-latent-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--more-photos", action="store_true",
+                        help=f"train also on {' and '.join(MORE_PHOTOS)} (the test photographs stay the same)")
+    parser.add_argument("--flips", action="store_true", help="add each training tile mirrored left to right")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     images = photos()
-    train = np.concatenate([tiles(images[n], args.stride) for n in TRAIN_PHOTOS])
+    names = TRAIN_PHOTOS + (MORE_PHOTOS if args.more_photos else ())
+    train = np.concatenate([tiles(images[n], args.stride) for n in names])
+    if args.flips:
+        train = np.concatenate([train, train[..., ::-1]])
     test = np.concatenate([tiles(images[n], TILE) for n in TEST_PHOTOS])
     np.savez(out / "train.npz", x=train)
     np.savez(out / "test.npz", x=test)
-    print(f"{len(train)} training tiles (stride {args.stride}) of {', '.join(TRAIN_PHOTOS)}; {len(test)} test tiles "
+    print(f"{len(train)} training tiles (stride {args.stride}{', and mirrored' if args.flips else ''}) of "
+          f"{', '.join(names)}; {len(test)} test tiles "
           f"of {', '.join(TEST_PHOTOS)} (no photo in both); D = 3 x {TILE} x {TILE} = {test[0].size}", flush=True)
 
     rows = codec_rows(test, [tiled_area(images[n]) for n in TEST_PHOTOS])

@@ -96,21 +96,43 @@ def test_default_alpha_is_kingmas_per_labelled_image():
     assert tiny_m2(alpha=0.0).alpha == 0.0  # 0 turns the classifier term off
 
 
-def test_bounds_sum_classes_out_and_score_the_classifier():
+def test_bounds_score_the_classifier_and_repeat_under_a_seed():
     model = tiny_m2(k=3).eval()
     x = torch.rand(6, 1, 8, 8).bernoulli()
     y = torch.tensor([0, 1, 2, -1, 0, 1])
     torch.manual_seed(1)
     b = model.bounds(x, y, num_samples=50, chunk=30)
     assert b["label_error"].shape == (5,)  # the images with a known label
-    assert set(b["label_error"].tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(b["label_error"], (model.label_posterior(x).argmax(-1) != y)[y >= 0].float())
     assert (b["nll"] <= b["recon"] + b["kl"] + 1.0).all()  # IWAE_50 is (noisily) below the -ELBO
     assert b["kl_per_dim"].shape == (6, 2)
-    # nll = -log sum_y p(y) exp(IWAE(x|y)): at least -log max_y p(x|y) + log K would allow
+    log_qy = model.label_posterior(x)
+    kl_label = (log_qy.exp() * (log_qy + math.log(3))).sum(-1)  # KL(q(y|x) || uniform)
+    torch.testing.assert_close(b["kl"], b["kl_per_dim"].sum(-1) + kl_label)
     torch.manual_seed(1)
     again = model.bounds(x, y, num_samples=50, chunk=30)
     assert torch.equal(again["nll"], b["nll"])
 
+
+def test_the_iwae_over_y_and_z_converges_to_log_p_x_by_quadrature():
+    """-log p(x) = -log sum_y p(y) integral p(x|y,z) p(z) dz, on a 2-D grid over z, against the estimate
+    with (y_k, z_k) ~ q(y|x) q(z|x,y): K samples in all, not per class."""
+    model = tiny_m2(k=3).eval()
+    torch.manual_seed(2)
+    x = torch.rand(6, 1, 8, 8).bernoulli()
+    grid = torch.linspace(-7, 7, 281)
+    z = torch.cartesian_prod(grid, grid)  # (G, 2)
+    with torch.no_grad():
+        log_pz = model.prior().log_prob(z)[:, None] + 2 * math.log(grid[1] - grid[0])  # (G, 1): p(z) dz
+        log_px_given_y = torch.stack([
+            torch.logsumexp(model.likelihood(z[:, None].expand(-1, 6, -1), torch.full((len(z), 6), c)).log_prob(x)
+                            + log_pz, 0) for c in range(3)])  # (3, 6)
+        exact = -torch.logsumexp(log_px_given_y - math.log(3), 0)
+        torch.manual_seed(4)
+        many = model.bounds(x, None, num_samples=10000, chunk=2000)
+        few = model.bounds(x, None, num_samples=1, chunk=1)
+    torch.testing.assert_close(many["nll"], exact, atol=0.15, rtol=0)  # observed within 0.05
+    assert (few["nll"] - exact).mean() > (many["nll"] - exact).mean()  # one sample: the ELBO, looser
 
 def test_vamp_prior_is_the_pseudo_inputs_posteriors_with_labels_m_mod_k():
     """p(z) = (1/M) sum_m q(z | u_m, y_m = m mod K), the same for every y; it learns from M2's loss."""
