@@ -2,6 +2,7 @@
 
     python benchmarks/m2_speed.py                       # Fashion-MNIST's shape (1x28x28), conv and mlp
     python benchmarks/m2_speed.py --eval-images 10000 --iw-samples 1 100
+    python benchmarks/m2_speed.py --compile             # also each step under `vaekit train --compile`
 
 Training: the optimizer step (forward, backward, Adam) of `vaekit.models.build` on random binary images
 of the dataset's shape, batch 64; M2's batch holds --labelled-share labelled images (one decoder pass
@@ -27,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
+from vaekit.config import TrainConfig  # noqa: E402
+from vaekit.devices import speedups  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
 from vaekit.models import build, model_class  # noqa: E402
 
@@ -44,12 +47,15 @@ def make(model: str, arch: str, shape: tuple[int, ...], k: int, **sizes) -> torc
     return build(cfg)
 
 
-def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, steps: int) -> float:
+def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, steps: int,
+                 forward: torch.nn.Module | None = None) -> float:
+    """Seconds per optimizer step; `forward`: the model as --compile wraps it."""
+    forward = model if forward is None else forward
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = model(x, y)["loss"] if y is not None else model(x)["loss"]
+        loss = forward(x, y)["loss"] if y is not None else forward(x)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,6 +71,7 @@ def main() -> None:
     parser.add_argument("--labelled-share", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time each model's step under --compile")
     parser.add_argument("--eval-images", type=int, default=0, help="images of the evaluation rows (0: none)")
     parser.add_argument("--iw-samples", type=int, nargs="+", default=[1, 100])
     args = parser.parse_args()
@@ -76,17 +83,27 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); images {shape}, {k} classes, batch {b}, "
           f"labelled share {args.labelled_share}\n")
-    print("| body | VAE step ms | M2 step ms | M2 / VAE |")
-    print("|---|---:|---:|---:|")
+    compiled = " VAE compiled ms | M2 compiled ms | M2 compiled / eager |" if args.compile else ""
+    print("| body | VAE step ms | M2 step ms | M2 / VAE |" + compiled)
+    print("|---|---:|---:|---:|" + "---:|" * (3 if args.compile else 0))
     for arch in args.archs:
-        vae, m2 = make("vae", arch, shape, k), make("m2", arch, shape, k)
-        step_seconds(vae, x, None, 3), step_seconds(m2, x, y, 3)  # warm-up
-        times = {"vae": [], "m2": []}
+        models = {"vae": (make("vae", arch, shape, k), None), "m2": (make("m2", arch, shape, k), y)}
+        runs = {name: (model, labels, None) for name, (model, labels) in models.items()}
+        if args.compile:  # as `vaekit train --compile` wraps the model (devices.speedups)
+            runs.update({f"{name} compiled": (model, labels, speedups(model, TrainConfig(compile=True),
+                                                                       torch.device("cpu"))[0])
+                         for name, (model, labels) in models.items()})
+        for model, labels, forward in runs.values():  # warm-up (and compilation)
+            step_seconds(model, x, labels, 3, forward)
+        times = {name: [] for name in runs}
         for _ in range(args.repeats):
-            times["vae"].append(step_seconds(vae, x, None, args.steps))
-            times["m2"].append(step_seconds(m2, x, y, args.steps))
-        t_vae, t_m2 = statistics.median(times["vae"]), statistics.median(times["m2"])
-        print(f"| {arch} | {1e3 * t_vae:.1f} | {1e3 * t_m2:.1f} | {t_m2 / t_vae:.1f}x |", flush=True)
+            for name, (model, labels, forward) in runs.items():
+                times[name].append(step_seconds(model, x, labels, args.steps, forward))
+        t = {name: statistics.median(v) for name, v in times.items()}
+        row = f"| {arch} | {1e3 * t['vae']:.1f} | {1e3 * t['m2']:.1f} | {t['m2'] / t['vae']:.1f}x |"
+        if args.compile:
+            row += f" {1e3 * t['vae compiled']:.1f} | {1e3 * t['m2 compiled']:.1f} | {t['m2 compiled'] / t['m2']:.2f}x |"
+        print(row, flush=True)
     if not args.eval_images:
         return
     n = args.eval_images

@@ -216,6 +216,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=None, help="M2's alpha (default: M2's own)")
     parser.add_argument("--labelled-share", type=float, default=None,
                         help="M2's share of each batch drawn from the labelled images (default: vaekit's)")
+    parser.add_argument("--classifier-dropout", type=float, default=None, help="M2's (default: M2's own)")
     parser.add_argument("--arch", default="conv", choices=("conv", "mlp"))
     parser.add_argument("--hidden", type=int, default=None, help="units of the hidden layer (default: vaekit's)")
     parser.add_argument("--latent-dim", type=int, default=None, help="dimension of z (default: vaekit's)")
@@ -248,7 +249,8 @@ def main() -> None:
     common = {"dataset": train_name, "arch": args.arch, **sizes}
     if args.epochs is not None:
         common["epochs"] = args.epochs
-    m2_extra = {k: v for k, v in (("alpha", args.alpha), ("labelled_share", args.labelled_share)) if v is not None}
+    m2_extra = {k: v for k, v in (("alpha", args.alpha), ("labelled_share", args.labelled_share),
+                                  ("classifier_dropout", args.classifier_dropout)) if v is not None}
 
     test_mode = binarization("auto", "bernoulli", source)
 

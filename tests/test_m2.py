@@ -90,6 +90,20 @@ def test_labelled_images_use_the_labelled_bound_and_the_classifier_term():
     torch.testing.assert_close(terms["loss"], expected)
 
 
+def test_classifier_dropout_acts_in_training_only_and_keeps_the_checkpoint_keys():
+    plain, dropped = tiny_m2(), tiny_m2(classifier_dropout=0.5)
+    assert list(plain.state_dict()) == list(dropped.state_dict())
+    x = torch.rand(6, 1, 8, 8).bernoulli()
+    dropped.eval()
+    torch.testing.assert_close(dropped.label_posterior(x), plain.eval().label_posterior(x))  # the same weights
+    dropped.train()
+    torch.manual_seed(0)
+    first = dropped.label_posterior(x)
+    assert not torch.allclose(first, dropped.label_posterior(x))  # a new mask per call
+    with pytest.raises(VaekitError, match="classifier_dropout"):
+        tiny_m2(classifier_dropout=1.0)
+
+
 def test_default_alpha_is_kingmas_per_labelled_image():
     assert tiny_m2().alpha == pytest.approx(0.1 / 0.1)  # 0.1 N / N_l with N_l / N = 0.1
     assert tiny_m2(alpha=3.0).alpha == 3.0

@@ -72,6 +72,8 @@ class M2Config(ModelConfig):
     prior_components: int = components_option()
     alpha: float | None = _opt(None, "weight of -log q(y|x) per labelled image, against that image's -ELBO "
                                "(default: Kingma et al.'s 0.1 N / N_labelled; 0 turns the classifier term off)", low=0)
+    classifier_dropout: float = _opt(0.0, "dropout before q(y|x)'s logits in training (regularises the classifier "
+                                     "on few labels)", low=0, high=1, high_open=True)
     init_latents: str | None = _opt(None, "a run of --model vae: M2 models its latent codes (M1+M2, Kingma et al.'s "
                                     "stacked model); evaluate and predict still take images")
     # Filled in from the data, not from flags: N_labelled / N of the training images.
@@ -148,8 +150,10 @@ class M2(nn.Module):
 
     # ---- inference: q(y | x) and q(z | x, y)
     def label_posterior(self, x: torch.Tensor) -> torch.Tensor:
-        """log q(y|x): (B, K)."""
-        return F.log_softmax(self.classifier(x), dim=-1)
+        """log q(y|x): (B, K); in training with --classifier-dropout before the logits layer."""
+        features = self.classifier[:-1](x)
+        features = F.dropout(features, self.cfg.classifier_dropout, self.training)
+        return F.log_softmax(self.classifier[-1](features), dim=-1)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor, features: torch.Tensor | None = None) -> Independent:
         """q(z|x,y); `features`: the encoder body's output for x, when it was computed once for every class."""
