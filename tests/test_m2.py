@@ -26,7 +26,9 @@ TINY = dict(dataset="digits", width=8, hidden=32, latent_dim=4, progress=False)
 
 
 def tiny_m2(k: int = 3, **options) -> M2:
+    """A small M2; q(y|x) without dropout unless asked for, so that training-mode terms are exact."""
     torch.manual_seed(0)
+    options = {"classifier_dropout": 0.0, **options}
     return M2(M2Config(image_shape=(1, 8, 8), num_classes=k, latent_dim=2, width=4, hidden=16,
                        labelled_fraction=0.1, **options))
 
@@ -92,6 +94,7 @@ def test_labelled_images_use_the_labelled_bound_and_the_classifier_term():
 
 def test_classifier_dropout_acts_in_training_only_and_keeps_the_checkpoint_keys():
     plain, dropped = tiny_m2(), tiny_m2(classifier_dropout=0.5)
+    assert M2Config().classifier_dropout == 0.5  # the default
     assert list(plain.state_dict()) == list(dropped.state_dict())
     x = torch.rand(6, 1, 8, 8).bernoulli()
     dropped.eval()

@@ -72,7 +72,7 @@ class M2Config(ModelConfig):
     prior_components: int = components_option()
     alpha: float | None = _opt(None, "weight of -log q(y|x) per labelled image, against that image's -ELBO "
                                "(default: Kingma et al.'s 0.1 N / N_labelled; 0 turns the classifier term off)", low=0)
-    classifier_dropout: float = _opt(0.0, "dropout before q(y|x)'s logits in training (regularises the classifier "
+    classifier_dropout: float = _opt(0.5, "dropout before q(y|x)'s logits in training (regularises the classifier "
                                      "on few labels)", low=0, high=1, high_open=True)
     init_latents: str | None = _opt(None, "a run of --model vae: M2 models its latent codes (M1+M2, Kingma et al.'s "
                                     "stacked model); evaluate and predict still take images")
