@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import vaekit
+import vaekit.cli
 import vaekit.report
 from vaekit.cli import main
 from vaekit.latent_map import latent_map
@@ -98,7 +99,7 @@ def test_a_read_only_run_is_still_evaluated(run, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise vaekit.errors.VaekitError("could not write evaluation.json: Read-only file system")
 
-    monkeypatch.setattr(vaekit.checkpoint, "save_evaluation", refuse)
+    monkeypatch.setattr(vaekit.cli, "save_evaluation", refuse)
     assert main(["evaluate", str(run), "--iw-samples", "2", "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["nll"] > 0

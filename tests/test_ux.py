@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import api, health
+from vaekit import api, cli, health
 from vaekit.checkpoint import LOCK, RunLock
 from vaekit.cli import main
 from vaekit.evaluate import evaluate as evaluate_model
@@ -88,7 +88,7 @@ def test_defaults_avoid_the_collapse_where_a_model_needs_them():
 def test_the_cli_says_which_defaults_it_added(tmp_path, capsys, monkeypatch):
     seen = {}
     monkeypatch.setattr(api, "fit", lambda d, m, t, out, **kw: seen.setdefault("train", t) and Path(out))
-    monkeypatch.setattr(api, "diagnose", lambda run: [])
+    monkeypatch.setattr(cli, "diagnose", lambda run: [])
     main(["train", "--prior", "vamp", "--dataset", "digits", "--out", str(tmp_path / "v")])
     assert "against posterior collapse this model trains with --kl-warmup 100" in capsys.readouterr().out
     assert seen["train"].kl_warmup == 100.0

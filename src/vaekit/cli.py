@@ -2,8 +2,10 @@
 ones, then each model's own (models/), so a flag and its field always agree.
 
 Errors a user can cause (VaekitError, bad flags, an OSError on a path they gave) print one line on
-stderr and exit with status 2. Heavy imports (torch) happen inside main(), so that even a Ctrl-C in
-the first second is one line, not a traceback.
+stderr and exit with status 2. A Ctrl-C while the package and torch are imported is only noted
+(vaekit/__init__.py) and ends the command in run() with one line, not a traceback. Only the modules
+that load matplotlib (report, plots, explore) and the downloader are imported where a command needs
+them.
 """
 
 from __future__ import annotations
@@ -20,10 +22,23 @@ import typing
 import warnings
 from pathlib import Path
 
+import torch
+
+from .api import dataset_defaults, diagnose, evaluate, load, train, train_recipe, training_defaults
+from .checkpoint import atomic_write, class_index, class_names, is_run, read_metrics, save_evaluation
 from .config import DataConfig, ModelConfig, TrainConfig, flag
+from .data import test_targets
 from .errors import Terminated, VaekitError
+from .evaluate import format_report
+from .grids import analogy_grid, image_grid, label_rows, reconstruction_grid, sample_grid, save_image
+from .guards import Interrupted
+from .latent_classifier import fit_m1, predict_csv
+from .models import MODELS, conditional_models
 from .options import PictureCall
 from .outputs import check_output
+from .progress import summary
+from .runs import evaluation_data
+from .version import __version__
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,17 +80,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str | No
 
 
 def config_options(args: argparse.Namespace) -> dict:
-    from .models import MODELS
-
     classes = (DataConfig, TrainConfig, *(m.Config for m in MODELS.values()))
     names = {f.name for cls in classes for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def build_parser() -> Parser:
-    from .models import MODELS
-    from .version import __version__
-
     parser = Parser(prog="vaekit", description="Train, evaluate and sample variational autoencoders on images.")
     parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -177,9 +187,6 @@ def build_parser() -> Parser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .api import dataset_defaults, train, train_recipe, training_defaults
-    from .guards import Interrupted
-
     if args.config:
         if args.resume:
             raise VaekitError("--config trains a recipe and resumes its unfinished stages itself: drop --resume")
@@ -216,9 +223,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"vaekit: {e}", file=sys.stderr)
         return e.exit_code
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
-        from .api import diagnose
-        from .checkpoint import is_run, read_metrics
-        from .progress import summary
 
         if is_run(out):
             done = summary(read_metrics(out))
@@ -231,9 +235,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .api import evaluate
-    from .evaluate import format_report
-
     result = evaluate(
         args.run, dataset=args.dataset, data=args.data, data_dir=args.data_dir,
         iw_samples=args.iw_samples, device=args.device, max_batch=args.max_batch,
@@ -251,7 +252,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_to_report(run: Path, result: dict, key: str) -> None:
     """Record an evaluation in the run folder and redraw its report; a run folder that cannot take
     them (read-only, say) only costs a warning: the numbers are printed already."""
-    from .checkpoint import save_evaluation
     from .report import write_report
 
     try:
@@ -272,14 +272,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    import torch
-
     from .plots import panel_figure, save_figure
 
     model = test = None
     if args.panel not in ("curves", "schedules"):
-        from .api import load
-
         model, test = load(args.run), _test_images(args.run)
     torch.manual_seed(args.seed)
     print(save_figure(Path(args.out), panel_figure(Path(args.run), args.panel, model, test)))
@@ -304,20 +300,12 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from .api import load
-    from .checkpoint import class_index, class_names
-    from .grids import image_grid, label_rows, sample_grid, save_image
-
     check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     PictureCall(args.n, args.seed)
     model = load(args.run)
     if args.label is not None and not model.num_classes:
-        from .models import conditional_models
-
         raise VaekitError(f"--label needs a model that draws classes, and {args.run} does not (train with --model "
                           f"{' or '.join(conditional_models())})")
     torch.manual_seed(args.seed)
@@ -334,17 +322,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _test_images(run: str):
-    from .runs import evaluation_data
-    from .data import test_targets
-
     split, data_cfg, mode = evaluation_data(run)
     return test_targets(split, data_cfg.split_seed, mode, "cpu")
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .api import load
-    from .grids import reconstruction_grid, save_image
-
     check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
@@ -355,17 +337,12 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_analogy(args: argparse.Namespace) -> int:
-    from .api import load
-    from .grids import analogy_grid, save_image
-
     check_output(args.out)
     if args.n < 1:
         raise VaekitError(f"--n must be at least 1, got {args.n}")
     PictureCall(args.n)
     model = load(args.run)
     if not model.num_classes:
-        from .models import conditional_models
-
         raise VaekitError(f"analogies need a model that draws classes, and {args.run} does not (train with --model "
                           f"{' or '.join(conditional_models())})")
     targets = _test_images(args.run)
@@ -374,8 +351,6 @@ def cmd_analogy(args: argparse.Namespace) -> int:
 
 
 def cmd_m1(args: argparse.Namespace) -> int:
-    from .latent_classifier import fit_m1
-
     report = fit_m1(Path(args.run), labels_per_class=args.labels_per_class, classifier=args.classifier,
                     label_seed=args.label_seed)
     print(f"M1 fitted on {report['labelled']} labelled training images: validation error "
@@ -384,14 +359,10 @@ def cmd_m1(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .latent_classifier import predict_csv
-
     if args.out:
         check_output(args.out)
     text = predict_csv(Path(args.run), data=args.data)
     if args.out:
-        from .checkpoint import atomic_write
-
         atomic_write(Path(args.out), text.encode())
         print(args.out)
     else:
