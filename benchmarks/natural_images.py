@@ -40,8 +40,8 @@ def photos() -> dict[str, np.ndarray]:
     """name -> (H, W, 3) uint8: scikit-image's colour photographs, scikit-learn's two and matplotlib's one."""
     import matplotlib.cbook
     import skimage.data
-    from sklearn.datasets import load_sample_images
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
     found = {name: getattr(skimage.data, name)() for name in ("astronaut", "coffee", "rocket", "immunohistochemistry",
                                                               "chelsea")}

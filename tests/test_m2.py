@@ -151,6 +151,7 @@ def test_the_iwae_over_y_and_z_converges_to_log_p_x_by_quadrature():
     torch.testing.assert_close(many["nll"], exact, atol=0.15, rtol=0)  # observed within 0.05
     assert (few["nll"] - exact).mean() > (many["nll"] - exact).mean()  # one sample: the ELBO, looser
 
+
 def test_vamp_prior_is_the_pseudo_inputs_posteriors_with_labels_m_mod_k():
     """p(z) = (1/M) sum_m q(z | u_m, y_m = m mod K), the same for every y; it learns from M2's loss."""
     model = tiny_m2(k=3, prior="vamp", prior_components=5).train()

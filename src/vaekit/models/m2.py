@@ -227,7 +227,7 @@ class M2(nn.Module):
         recon_y, kl_y = (t.view(k, len(x)).T for t in self._neg_elbo_given_y(*self._every_class(x), prior, features))
         recon = (qy * recon_y).sum(-1)
         kl_z = (qy * kl_y).sum(-1)
-        kl_label = (qy * (log_qy + math.log(self.cfg.num_classes))).sum(-1)  # KL(q(y|x) || uniform)
+        kl_label = label_kl(log_qy)
         return {"neg_elbo": recon + kl_z + kl_label, "recon": recon, "kl": kl_z + kl_label,
                 "weighted": recon + beta * kl_z + kl_label}
 
@@ -267,7 +267,7 @@ class M2(nn.Module):
             log_w.append(ll + prior.log_prob(z) - posterior.log_prob(z) - math.log(k) - log_qy.T.gather(0, y_k))
         log_w, log_lik = torch.cat(log_w), torch.cat(log_lik)
         terms = {"recon": -log_lik.mean(0), "nll": -iwae_bound(log_w)}
-        kl_label = (qy * (log_qy + math.log(k))).sum(-1)  # KL(q(y|x) || uniform)
+        kl_label = label_kl(log_qy)
         per_dim = kl_per_dim(every, prior)  # (K*B, D), or None for a mixture prior
         if per_dim is None:  # the K-sample estimate of the whole KL, so that -ELBO = recon + kl
             terms["kl"] = (log_lik - log_w).mean(0)
@@ -315,6 +315,11 @@ class M2(nn.Module):
     def traversal(self, z: torch.Tensor, steps: int = 9) -> torch.Tensor:
         """Each dimension of z: (D,) over its prior's quantiles: (D, steps, D)."""
         return gaussian_traversal(z, steps)
+
+
+def label_kl(log_qy: torch.Tensor) -> torch.Tensor:
+    """KL(q(y|x) || p(y)) with p(y) uniform over the K classes, from log q(y|x): (B, K) -> (B,)."""
+    return (log_qy.exp() * (log_qy + math.log(log_qy.shape[-1]))).sum(-1)
 
 
 def code_networks(cfg: M2Config, code_dim: int) -> tuple[nn.Module, Encoder, Decoder]:
