@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vaekit.cli
 from vaekit.cli import main
 
 
@@ -133,7 +134,7 @@ def test_fashion_mnist_defaults_to_the_measured_mlp_set_up(monkeypatch, tmp_path
         assert (model.arch, model.latent_dim, train.epochs, train.lr) == ("conv", 16, 0, builtin[2].lr), options
 
     seen = {}
-    monkeypatch.setattr(api, "train", lambda out, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(vaekit.cli, "train", lambda out, **kwargs: seen.update(kwargs))  # the name cli calls
     code, out, _ = run_cli(capsys, "train", "--dataset", "fashion-mnist", "--hidden", "64", "--out", tmp_path / "f")
     assert code == 0 and seen["hidden"] == 64 and "arch" not in seen  # the API applies the defaults itself
     assert ("vaekit: the defaults on fashion-mnist: --arch mlp --hidden-layers 2 --gated --latent-dim 40 "
