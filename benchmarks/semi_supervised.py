@@ -70,6 +70,7 @@ from vaekit.config import DataConfig, ModelConfig  # noqa: E402
 from vaekit.data import (  # noqa: E402
     VAL_SEED_OFFSET, binarization, fixed_targets, keep_labels_per_class, load_dataset, test_targets,
 )
+from vaekit.augment import random_shift  # noqa: E402
 from vaekit.evaluate import evaluate as evaluate_terms  # noqa: E402
 from vaekit.latent_classifier import BINARIZATIONS, fit_m1, label_error  # noqa: E402
 from vaekit.nets import make_classifier  # noqa: E402
@@ -124,8 +125,9 @@ def averaged_error(predict_proba, split) -> float:
 
 
 def train_supervised(dataset, per_class: int, arch: str, seed: int, recipe: dict, split_seed: int = 0,
-                     label_seed: int = 0, **sizes):
-    """The supervised-only baseline; returns (test error, info dict)."""
+                     label_seed: int = 0, shift: int = 0, **sizes):
+    """The supervised-only baseline; returns (test error, info dict). shift: each training input moved by up
+    to that many pixels (vaekit.augment.random_shift, as M2's --classifier-shift)."""
     mode = binarization("auto", "bernoulli", dataset)
     cfg = ModelConfig(arch=arch, image_shape=tuple(dataset.image_shape), **sizes)
     train = keep_labels_per_class(dataset.train, per_class, label_seed)
@@ -156,7 +158,7 @@ def train_supervised(dataset, per_class: int, arch: str, seed: int, recipe: dict
                 order, pos = torch.randperm(len(x), generator=gen), 0
             idx = order[pos : pos + batch]
             pos += batch
-            xb = torch.bernoulli(x[idx], generator=gen)
+            xb = random_shift(torch.bernoulli(x[idx], generator=gen), shift, gen)
             loss = F.cross_entropy(net(xb), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -217,6 +219,9 @@ def main() -> None:
     parser.add_argument("--labelled-share", type=float, default=None,
                         help="M2's share of each batch drawn from the labelled images (default: vaekit's)")
     parser.add_argument("--classifier-dropout", type=float, default=None, help="M2's (default: M2's own)")
+    parser.add_argument("--classifier-shift", type=int, default=None,
+                        help="M2's (default: M2's own); the supervised baseline's input gets the same translations")
+    parser.add_argument("--weight-decay", type=float, default=None, help="M2's AdamW weight decay (default: vaekit's)")
     parser.add_argument("--arch", default="conv", choices=("conv", "mlp"))
     parser.add_argument("--hidden", type=int, default=None, help="units of the hidden layer (default: vaekit's)")
     parser.add_argument("--latent-dim", type=int, default=None, help="dimension of z (default: vaekit's)")
@@ -250,7 +255,9 @@ def main() -> None:
     if args.epochs is not None:
         common["epochs"] = args.epochs
     m2_extra = {k: v for k, v in (("alpha", args.alpha), ("labelled_share", args.labelled_share),
-                                  ("classifier_dropout", args.classifier_dropout)) if v is not None}
+                                  ("classifier_dropout", args.classifier_dropout),
+                                  ("classifier_shift", args.classifier_shift),
+                                  ("weight_decay", args.weight_decay)) if v is not None}
 
     test_mode = binarization("auto", "bernoulli", source)
 
@@ -289,7 +296,7 @@ def main() -> None:
                     record("logistic-pixels", n, seed, draw, {"error": error, **info})
                 if "supervised" in args.methods:
                     error, info = train_supervised(dataset, n, args.arch, seed, RECIPES[args.recipe],
-                                                   label_seed=draw, **sizes)
+                                                   label_seed=draw, shift=args.classifier_shift or 0, **sizes)
                     record("supervised", n, seed, draw, {"error": error, **info})
                 for method in [m for m in M1_CLASSIFIERS if m in args.methods]:
                     with Timer() as t_m1:
@@ -315,7 +322,8 @@ def main() -> None:
                         **extra, **m2_val_label_error(run)})
 
     m2_options = ", ".join(f"{k} {v:g}" for k, v in m2_extra.items()) or "defaults"
-    names = {"logistic-pixels": "logistic regression on pixels", "supervised": f"supervised only (q(y|x) net, recipe {args.recipe})",
+    names = {"logistic-pixels": "logistic regression on pixels", "supervised": f"supervised only (q(y|x) net, recipe {args.recipe}"
+             + (f", shift {args.classifier_shift}" if args.classifier_shift else "") + ")",
              "m1": "M1 (VAE + label spreading)", "m1-logistic": "M1 (VAE + logistic regression)",
              "m2": f"M2 ({m2_options})", "m1+m2": f"M1+M2 (M2 on the VAE's codes, {m2_options})"}
     epochs = "vaekit's automatic epochs" if args.epochs is None else f"{args.epochs} epochs"

@@ -559,3 +559,23 @@ def test_m1_plus_m2_refuses_a_base_it_cannot_use(case, stacked_run, tmp_path, ca
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0]
     assert {"not a vae": "needs a run of --model vae", "other split": str(vae),
             "missing": "nowhere", "vamp": "not vamp"}[case] in err[0]
+
+
+def test_classifier_shift_moves_the_labelled_images_in_the_classifier_term_only():
+    from vaekit.augment import random_shift
+
+    assert M2Config().classifier_shift == 0  # the default: off
+    model = tiny_m2(classifier_shift=1).train()
+    x = torch.rand(6, 1, 8, 8).bernoulli()
+    y = torch.tensor([0, 1, -1, 2, -1, -1])
+    known = y >= 0
+    torch.manual_seed(3)
+    terms = model(x, y)
+    torch.manual_seed(3)  # the same first draw: the offsets of the labelled images
+    moved = random_shift(x[known], 1)
+    expected = -model.label_posterior(moved).gather(1, y[known][:, None])[:, 0]
+    torch.testing.assert_close(terms["classifier_nll"], expected)
+    assert not torch.allclose(expected, -model.label_posterior(x[known]).gather(1, y[known][:, None])[:, 0])
+    model.eval()  # validation scores q(y|x) on the images as they are
+    plain = tiny_m2().eval()
+    torch.testing.assert_close(model(x, y)["classifier_nll"], plain(x, y)["classifier_nll"])

@@ -9,6 +9,7 @@ variable, observed where it is known and summed out where it is not.
     unlabelled x:    -U(x)    = sum_y q(y|x) [-L(x, y)] - H(q(y|x))
                               = sum_y q(y|x) [recon_y + KL_z,y] + KL(q(y|x) || p(y))
     training loss:   (sum over the batch of -L or -U  +  alpha * sum over its labelled images of -log q(y|x)) / B
+                     (--classifier-shift s: -log q(y|x') there, x' the labelled image moved by up to s pixels)
 
 p(z) does not depend on y. With --prior vamp it is (1/M) sum_m q(z | u_m, y_m): the pseudo-inputs u_m
 carry fixed labels y_m = m mod K, so every class has its share of them. The mixtures have no closed-form
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Distribution, Independent
 
+from ..augment import random_shift
 from ..classifier import judge_conditional_samples
 from ..config import ModelConfig, _opt, from_dict, to_dict
 from ..distributions import diagonal_gaussian, kl_per_dim, likelihood_image
@@ -74,6 +76,8 @@ class M2Config(ModelConfig):
                                "(default: Kingma et al.'s 0.1 N / N_labelled; 0 turns the classifier term off)", low=0)
     classifier_dropout: float = _opt(0.5, "dropout before q(y|x)'s logits in training (regularises the classifier "
                                      "on few labels)", low=0, high=1, high_open=True)
+    classifier_shift: int = _opt(0, "in training, the classifier's log-loss sees each labelled image moved by up "
+                                 "to this many pixels (a random translation each time)", low=0)
     init_latents: str | None = _opt(None, "a run of --model vae: M2 models its latent codes (M1+M2, Kingma et al.'s "
                                     "stacked model); evaluate and predict still take images")
     # Filled in from the data, not from flags: N_labelled / N of the training images.
@@ -196,7 +200,7 @@ class M2(nn.Module):
         if free_bits:
             raise VaekitError("--free-bits is not defined for --model m2 (its KL mixes classes): leave it at 0")
         y = torch.full((len(x),), -1, device=x.device) if y is None else y
-        x = self._codes(x)
+        images, x = x, self._codes(x)
         log_qy = self.label_posterior(x)  # (B, K)
         prior = self.prior()  # once per batch (the VampPrior encodes its pseudo-inputs)
         known = y >= 0
@@ -209,6 +213,8 @@ class M2(nn.Module):
             terms["loss"] = terms["neg_elbo"].mean()
             return terms
         xl, yl, log_qy_l = x[known], y[known], log_qy[known]
+        if self.cfg.classifier_shift:  # the classifier's term on translated copies of the labelled images
+            log_qy_l = self.label_posterior(self._codes(random_shift(images[known], self.cfg.classifier_shift)))
         recon_l, kl_l = self._neg_elbo_given_y(xl, yl, prior)
         log_k = math.log(self.cfg.num_classes)  # -log p(y)
         labelled = recon_l + kl_l + log_k
