@@ -3,6 +3,13 @@
     python benchmarks/m2_speed.py                       # Fashion-MNIST's shape (1x28x28), conv and mlp
     python benchmarks/m2_speed.py --eval-images 10000 --iw-samples 1 100
     python benchmarks/m2_speed.py --compile             # also each step under `vaekit train --compile`
+    python benchmarks/m2_speed.py --compile --masked    # and the masked step below, compiled
+
+--masked: a design alternative, timed and not used by vaekit. M2's step splits the batch by a boolean
+mask (labelled images decoded once, unlabelled ones once per class), which breaks torch.compile's graph
+at each split (5 breaks). `masked_forward` computes the same objective without splitting: every image
+decoded as every class, each image's terms weighted by one_hot(y) where y is known and by q(y|x) where
+it is not: no graph break, and K decoder passes for every labelled image instead of one.
 
 Training: the optimizer step (forward, backward, Adam) of `vaekit.models.build` on random binary images
 of the dataset's shape, batch 64; M2's batch holds --labelled-share labelled images (one decoder pass
@@ -17,6 +24,7 @@ each K of --iw-samples), the VAE and M2 of the same body, wall seconds.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -28,10 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
+import torch._dynamo  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
 from vaekit.config import TrainConfig  # noqa: E402
 from vaekit.devices import speedups  # noqa: E402
 from vaekit.evaluate import evaluate  # noqa: E402
 from vaekit.models import build, model_class  # noqa: E402
+from vaekit.models.m2 import label_kl  # noqa: E402
 
 
 def cpu_model() -> str:
@@ -45,6 +57,21 @@ def make(model: str, arch: str, shape: tuple[int, ...], k: int, **sizes) -> torc
     extra = {"num_classes": k, "labelled_fraction": 0.01} if model == "m2" else {}
     cfg = model_class(model).Config(image_shape=shape, arch=arch, likelihood="bernoulli", **extra, **sizes)
     return build(cfg)
+
+
+def masked_forward(m2: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """M2's training objective without splitting the batch (see --masked); per-example terms at full length."""
+    k, b = m2.cfg.num_classes, len(x)
+    log_qy = m2.label_posterior(x)  # (B, K)
+    known, y_or_0 = y >= 0, y.clamp(min=0)
+    features = m2.encoder.body(x).repeat(k, 1)
+    recon_y, kl_y = (t.view(k, b).T for t in m2._neg_elbo_given_y(*m2._every_class(x), m2.prior(), features))
+    weights = torch.where(known[:, None], F.one_hot(y_or_0, k).to(log_qy.dtype), log_qy.exp())  # (B, K)
+    rest = torch.where(known, torch.full_like(log_qy[:, 0], math.log(k)), label_kl(log_qy))  # -log p(y) | KL of y
+    neg_elbo = (weights * (recon_y + kl_y)).sum(-1) + rest
+    classifier_nll = -log_qy.gather(1, y_or_0[:, None])[:, 0] * known
+    return {"loss": (neg_elbo.sum() + m2.alpha * classifier_nll.sum()) / b, "neg_elbo": neg_elbo,
+            "classifier_nll": classifier_nll}
 
 
 def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, steps: int,
@@ -72,6 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time each model's step under --compile")
+    parser.add_argument("--masked", action="store_true", help="with --compile: also M2's masked step, compiled")
     parser.add_argument("--eval-images", type=int, default=0, help="images of the evaluation rows (0: none)")
     parser.add_argument("--iw-samples", type=int, nargs="+", default=[1, 100])
     args = parser.parse_args()
@@ -83,9 +111,11 @@ def main() -> None:
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads "
           f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}); images {shape}, {k} classes, batch {b}, "
           f"labelled share {args.labelled_share}\n")
+    masked = args.compile and args.masked
     compiled = " VAE compiled ms | M2 compiled ms | M2 compiled / eager |" if args.compile else ""
+    compiled += " M2 masked compiled ms | masked / split, compiled | graph breaks, split / masked |" if masked else ""
     print("| body | VAE step ms | M2 step ms | M2 / VAE |" + compiled)
-    print("|---|---:|---:|---:|" + "---:|" * (3 if args.compile else 0))
+    print("|---|---:|---:|---:|" + "---:|" * (3 if args.compile else 0) + "---:|" * (3 if masked else 0))
     for arch in args.archs:
         models = {"vae": (make("vae", arch, shape, k), None), "m2": (make("m2", arch, shape, k), y)}
         runs = {name: (model, labels, None) for name, (model, labels) in models.items()}
@@ -93,6 +123,11 @@ def main() -> None:
             runs.update({f"{name} compiled": (model, labels, speedups(model, TrainConfig(compile=True),
                                                                        torch.device("cpu"))[0])
                          for name, (model, labels) in models.items()})
+        if masked:
+            m2 = models["m2"][0]
+            runs["m2 masked compiled"] = (m2, y, torch.compile(lambda x, y: masked_forward(m2, x, y), dynamic=False))
+            breaks = [torch._dynamo.explain(f)(x, y).graph_break_count
+                      for f in (m2, lambda x, y: masked_forward(m2, x, y))]
         for model, labels, forward in runs.values():  # warm-up (and compilation)
             step_seconds(model, x, labels, 3, forward)
         times = {name: [] for name in runs}
@@ -103,6 +138,9 @@ def main() -> None:
         row = f"| {arch} | {1e3 * t['vae']:.1f} | {1e3 * t['m2']:.1f} | {t['m2'] / t['vae']:.1f}x |"
         if args.compile:
             row += f" {1e3 * t['vae compiled']:.1f} | {1e3 * t['m2 compiled']:.1f} | {t['m2 compiled'] / t['m2']:.2f}x |"
+        if masked:
+            row += (f" {1e3 * t['m2 masked compiled']:.1f} | {t['m2 masked compiled'] / t['m2 compiled']:.2f}x |"
+                    f" {breaks[0]} / {breaks[1]} |")
         print(row, flush=True)
     if not args.eval_images:
         return

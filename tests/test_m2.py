@@ -579,3 +579,22 @@ def test_classifier_shift_moves_the_labelled_images_in_the_classifier_term_only(
     model.eval()  # validation scores q(y|x) on the images as they are
     plain = tiny_m2().eval()
     torch.testing.assert_close(model(x, y)["classifier_nll"], plain(x, y)["classifier_nll"])
+
+
+def test_the_masked_step_timed_by_the_speed_benchmark_is_m2s_objective(monkeypatch):
+    """benchmarks/m2_speed.py --masked times a design alternative; it must compute the same loss."""
+    import importlib.util
+
+    from torch.distributions import Independent
+
+    spec = importlib.util.spec_from_file_location("m2_speed", SRC.parents[1] / "benchmarks" / "m2_speed.py")
+    m2_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m2_speed)
+    monkeypatch.setattr(Independent, "rsample", lambda self, shape=torch.Size(): self.mean)  # z = E[z]: no noise
+    model = tiny_m2().train()
+    x = torch.rand(7, 1, 8, 8).bernoulli()
+    y = torch.tensor([0, -1, 2, -1, -1, 1, -1])
+    split, masked = model(x, y), m2_speed.masked_forward(model, x, y)
+    torch.testing.assert_close(masked["loss"], split["loss"])
+    torch.testing.assert_close(masked["neg_elbo"][y < 0], split["neg_elbo"])
+    torch.testing.assert_close(masked["neg_elbo"][y >= 0], split["labelled_neg_elbo"])
