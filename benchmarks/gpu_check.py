@@ -1,6 +1,8 @@
-"""The prepared GPU check: one command, at most 8 minutes on an H100/H200 (the stages' limits), one results file.
+"""The prepared GPU check: one command, at most --deadline seconds (default 560) on an H100/H200, one results file.
 
-    PYTHONPATH=src python3 benchmarks/gpu_check.py --out gpu_check.json          # on the GPU machine
+    python benchmarks/natural_images.py --out runs/natural-tiles --tiles-only --more-photos --flips  # here, first
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --out gpu_check.json          # on the GPU machine (carry
+                                                                                   # runs/natural-tiles there)
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check.json              # the CPU smoke mode (tests)
 
 Stages, each in its own process with its own time limit, so one failure or hang leaves the others'
@@ -8,14 +10,20 @@ numbers; the results file is rewritten (atomically) after every stage:
 
   tests      pytest -m cuda (tests/test_cuda.py: training, resume, evaluation and the compile/bf16
              paths on the GPU against the CPU)
+  natural    benchmarks/natural_images.py --device cuda on the tiles in --tiles (the GPU machine may not
+             have the photographs): the autoregressive VAE trained for --natural-minutes of wall time,
+             then bits/dim by IWAE on the held-out photographs' tiles, beside PNG and WebP on them
   iwae       a default conv VAE trained for --epochs on the dataset, then vaekit.evaluate with
              K = 5000 importance samples over all 10,000 test images: seconds, image-samples/s, nll
   speed      benchmarks/speed.py --device cuda --no-pythae: training images/s of the hand-written
              loops, vaekit, and vaekit --compile --precision bf16
   fast       --compile --precision bf16 training of the same model: images/s and a finite loss
 
---smoke runs every stage on the CPU at toy size (digits, K = 20, 50 images, no compile) to check the
-script itself; the numbers of a smoke run mean nothing.
+Each stage runs under its own limit and within what is left of --deadline; a stage that would start
+with under 20 seconds left is recorded as skipped.
+
+--smoke runs every stage on the CPU at toy size (digits, K = 20, 50 images, random tiles, no compile) to
+check the script itself; the numbers of a smoke run mean nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_CODE = r"""
@@ -81,8 +91,10 @@ def run_stage(name: str, argv: list[str], timeout: float, env: dict) -> dict:
     result: dict = {"status": "ok" if done.returncode == 0 else f"failed ({done.returncode})",
                     "seconds": round(time.perf_counter() - start, 1)}
     lines = done.stdout.strip().splitlines()
-    if name in ("iwae", "fast") and done.returncode == 0:
+    if name in ("iwae", "fast", "natural") and done.returncode == 0:
         result.update(json.loads(lines[-1]))
+        if name == "natural":
+            result["output_tail"] = "\n".join(lines[-30:-1])
     else:
         result["output_tail"] = "\n".join(lines[-60:])
     if done.returncode != 0:
@@ -96,8 +108,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: checks the script, not the GPU")
     parser.add_argument("--dataset", default="fashion-mnist", help="falls back to digits where it is not installed")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the model the IWAE stage evaluates")
-    parser.add_argument("--stages", nargs="+", default=["tests", "iwae", "speed", "fast"])
+    parser.add_argument("--stages", nargs="+", default=["tests", "natural", "iwae", "speed", "fast"])
+    parser.add_argument("--tiles", default=str(ROOT / "runs" / "natural-tiles"),
+                        help="train.npz and test.npz of benchmarks/natural_images.py --tiles-only (the natural stage)")
+    parser.add_argument("--natural-minutes", type=float, default=2.5, help="the natural stage's training, wall minutes")
+    parser.add_argument("--deadline", type=float, default=560, help="seconds for all the stages together")
     args = parser.parse_args()
+    begun = time.perf_counter()
 
     import torch
 
@@ -126,10 +143,34 @@ def main() -> None:
     write(out, results)
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     k, images = (20, 50) if args.smoke else (5000, 10000)
-    # At most 8 minutes together even if each stage hangs; on an H200 they took 57, 58, 53 and 39 s (BENCHMARKS.md).
-    limits = {"tests": 120, "iwae": 150, "speed": 120, "fast": 90} if not args.smoke else dict.fromkeys(args.stages, 300)
+    # On an H200 tests, iwae, speed and fast took 57, 58, 53 and 39 s (BENCHMARKS.md); --deadline bounds the sum.
+    limits = {"tests": 120, "natural": 60 * args.natural_minutes + 120, "iwae": 150, "speed": 120, "fast": 90}
+    if args.smoke:
+        limits = dict.fromkeys(limits, 300)
     for stage in args.stages:
-        if stage == "speed":
+        left = args.deadline - (time.perf_counter() - begun)
+        if left < 20:
+            results["stages"][stage] = {"status": f"skipped: {left:.0f} s of the --deadline left"}
+            write(out, results)
+            continue
+        if stage == "natural":
+            tiles = Path(args.tiles)
+            if args.smoke:  # random tiles: the script's path, not a measurement
+                tiles = work / "tiles"
+                tiles.mkdir()
+                noise = np.random.default_rng(0).integers(0, 256, (80, 3, 32, 32), dtype=np.uint8)
+                np.savez(tiles / "train.npz", x=noise[:64])
+                np.savez(tiles / "test.npz", x=noise[64:])
+            if not (tiles / "train.npz").is_file():
+                results["stages"][stage] = {"status": f"skipped: no {tiles / 'train.npz'} (run benchmarks/natural_images.py "
+                                                      f"--out {tiles} --tiles-only first, and carry it)"}
+                write(out, results)
+                continue
+            argv = [sys.executable, "benchmarks/natural_images.py", "--device", device, "--tiles", str(tiles),
+                    "--out", str(work / "natural"), "--models", "", "--also", "autoregressive=True",
+                    "--budget-minutes", str(0.2 if args.smoke else args.natural_minutes),
+                    "--iw-samples", str(5 if args.smoke else 100), "--no-latent-steps", "0", "--no-pictures", "--json"]
+        elif stage == "speed":
             # two epochs: the compiled row's median leaves out its first epoch, which includes compilation
             argv = [sys.executable, "benchmarks/speed.py", "--dataset", dataset, "--device", device, "--repeats", "1",
                     "--epochs", "2", "--iw-samples", str(k), "--eval-images", str(min(images, 200)), "--no-pythae"]
@@ -148,7 +189,7 @@ def main() -> None:
         else:
             sys.exit(f"gpu_check: unknown stage {stage!r}")
         print(f"gpu_check: {stage} ...", file=sys.stderr, flush=True)
-        results["stages"][stage] = run_stage(stage, argv, limits[stage], env)
+        results["stages"][stage] = run_stage(stage, argv, min(limits[stage], left), env)
         print(f"gpu_check: {stage}: {results['stages'][stage]['status']}", file=sys.stderr, flush=True)
         write(out, results)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

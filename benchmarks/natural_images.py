@@ -14,15 +14,20 @@ comes from. The table gives -log2 p(x) / D (bits per value, D = 3 * 32 * 32) on 
                             --also autoregressive=True adds the VAE with the masked-convolution likelihood
 
 Each row's CPU minutes are the process's CPU time (time.process_time: all threads, not wall time).
+With --device cuda, vaekit trains and evaluates on the GPU and its rows' budget and minutes are wall
+time instead (benchmarks/gpu_check.py's natural stage).
 
     pip install -e '.[bench]'            # scikit-image (its sample photos)
     OMP_NUM_THREADS=1 python benchmarks/natural_images.py --out /tmp/natural
+    python benchmarks/natural_images.py --out runs/natural-tiles --tiles-only      # the tiles alone, for
+    python benchmarks/natural_images.py --tiles runs/natural-tiles --device cuda   # a machine without the photos
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import time
 from pathlib import Path
@@ -85,6 +90,8 @@ def codec_rows(test_tiles: np.ndarray, areas: list[np.ndarray]) -> list[tuple[st
         start = time.process_time()
         per_tile = sum(encoded_bytes(t.transpose(1, 2, 0), codec) for t in test_tiles)
         rows.append((f"{name}, each tile alone", 8 * per_tile / values, (time.process_time() - start) / 60))
+        if not areas:  # tiles without their photographs (--tiles)
+            continue
         start = time.process_time()
         whole = sum(encoded_bytes(a, codec) for a in areas)
         rows.append((f"{name}, test photos whole", 8 * whole / values, (time.process_time() - start) / 60))
@@ -119,8 +126,16 @@ def no_latent_row(train: np.ndarray, test: np.ndarray, steps: int, seed: int) ->
     return f"per-pixel logistic mixture, no latent ({steps} steps)", bits, (time.process_time() - start) / 60
 
 
+def clock(device: str) -> float:
+    """Seconds: this process's CPU time on the CPU; on a GPU, wall time once its queued work is done."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
 def vaekit_row(model: str, train_npz: Path, test_npz: Path, out: Path, budget_minutes: float, iw_samples: int,
-               seed: int, extra: dict) -> tuple[str, float, float, dict]:
+               seed: int, extra: dict, device: str = "cpu", pictures: bool = True) -> tuple[str, float, float, dict]:
     """`vaekit train` at its defaults (plus `extra`) with --epochs fitted to the budget, then the IWAE."""
     import vaekit
     from vaekit import models
@@ -128,32 +143,33 @@ def vaekit_row(model: str, train_npz: Path, test_npz: Path, out: Path, budget_mi
     from vaekit.config import to_dict
     from vaekit.data import load_dataset
 
-    start = time.process_time()
-    options = dict(dataset=str(train_npz), model=model, seed=seed, test_fraction=0.01, **extra)
+    start = clock(device)
+    options = dict(dataset=str(train_npz), model=model, seed=seed, test_fraction=0.01, device=device, **extra)
     data_cfg, model_cfg, train_cfg = make_configs(**options)
     dataset = load_dataset(data_cfg)
     # The CPU time of a step, measured on a throwaway copy of the model (counted in the budget).
     probe = models.build(type(model_cfg)(**{**to_dict(model_cfg), "likelihood": "logistic-mixture",
-                                            "image_shape": dataset.image_shape}))
+                                            "image_shape": dataset.image_shape})).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=train_cfg.lr)
-    x = dataset.train.x[: train_cfg.batch_size].float() / 255
+    x = dataset.train.x[: train_cfg.batch_size].float().to(device) / 255
     for i in range(6):
         if i == 1:
-            t0 = time.process_time()
+            t0 = clock(device)
         loss = probe(x)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-    step_seconds = (time.process_time() - t0) / 5
+    step_seconds = (clock(device) - t0) / 5
     steps_per_epoch = math.ceil(len(dataset.train) / train_cfg.batch_size)
-    left = budget_minutes * 60 - (time.process_time() - start)
+    left = budget_minutes * 60 - (clock(device) - start)
     epochs = max(1, int(left / (1.1 * step_seconds * steps_per_epoch)))  # 10 %: validation, pictures
     tag = "-".join(f"{k}{v}" for k, v in extra.items())
-    run = vaekit.train(out / f"run-{model}{'-' + tag if tag else ''}", overwrite=True, progress=False, epochs=epochs, **options)
-    train_minutes = (time.process_time() - start) / 60
-    start = time.process_time()
-    result = vaekit.evaluate(run, data=str(test_npz), iw_samples=iw_samples, device="cpu")
-    eval_minutes = (time.process_time() - start) / 60
+    run = vaekit.train(out / f"run-{model}{'-' + tag if tag else ''}", overwrite=True, progress=False, epochs=epochs,
+                       pictures=pictures, **options)
+    train_minutes = (clock(device) - start) / 60
+    start = clock(device)
+    result = vaekit.evaluate(run, data=str(test_npz), iw_samples=iw_samples, device=device)
+    eval_minutes = (clock(device) - start) / 60
     info = {"epochs": epochs, "train_minutes": train_minutes, "eval_minutes": eval_minutes, "result": result}
     name = f"vaekit {model} ({', '.join(f'{k} {v}' for k, v in extra.items()) or 'defaults'}), {epochs} epochs, " \
            f"IWAE K={iw_samples}"
@@ -187,40 +203,64 @@ def main() -> None:
     parser.add_argument("--more-photos", action="store_true",
                         help=f"train also on {' and '.join(MORE_PHOTOS)} (the test photographs stay the same)")
     parser.add_argument("--flips", action="store_true", help="add each training tile mirrored left to right")
+    parser.add_argument("--device", default="cpu", help="where vaekit trains and evaluates (cuda: budget and minutes "
+                        "of its rows are wall time)")
+    parser.add_argument("--tiles", help="a folder with the train.npz and test.npz an earlier run wrote (its --out): no "
+                        "photographs needed; the codecs' whole-photo rows are left out")
+    parser.add_argument("--tiles-only", action="store_true", help="write train.npz and test.npz into --out and stop")
+    parser.add_argument("--no-pictures", action="store_true", help="no pictures or report.html in the run folders "
+                        "(an autoregressive model draws its samples pixel by pixel)")
+    parser.add_argument("--json", action="store_true", help="end with one line of JSON: the rows and their unit")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    images = photos()
-    names = TRAIN_PHOTOS + (MORE_PHOTOS if args.more_photos else ())
-    train = np.concatenate([tiles(images[n], args.stride) for n in names])
-    if args.flips:
-        train = np.concatenate([train, train[..., ::-1]])
-    test = np.concatenate([tiles(images[n], TILE) for n in TEST_PHOTOS])
-    np.savez(out / "train.npz", x=train)
-    np.savez(out / "test.npz", x=test)
-    print(f"{len(train)} training tiles (stride {args.stride}{', and mirrored' if args.flips else ''}) of "
-          f"{', '.join(names)}; {len(test)} test tiles "
-          f"of {', '.join(TEST_PHOTOS)} (no photo in both); D = 3 x {TILE} x {TILE} = {test[0].size}", flush=True)
+    if args.tiles:
+        train, test = (np.load(Path(args.tiles) / f"{part}.npz")["x"] for part in ("train", "test"))
+        np.savez_compressed(out / "train.npz", x=train)
+        np.savez_compressed(out / "test.npz", x=test)
+        print(f"{len(train)} training tiles and {len(test)} test tiles from {args.tiles}", flush=True)
+        areas = []
+    else:
+        images = photos()
+        names = TRAIN_PHOTOS + (MORE_PHOTOS if args.more_photos else ())
+        train = np.concatenate([tiles(images[n], args.stride) for n in names])
+        if args.flips:
+            train = np.concatenate([train, train[..., ::-1]])
+        test = np.concatenate([tiles(images[n], TILE) for n in TEST_PHOTOS])
+        np.savez_compressed(out / "train.npz", x=train)
+        np.savez_compressed(out / "test.npz", x=test)
+        print(f"{len(train)} training tiles (stride {args.stride}{', and mirrored' if args.flips else ''}) of "
+              f"{', '.join(names)}; {len(test)} test tiles "
+              f"of {', '.join(TEST_PHOTOS)} (no photo in both); D = 3 x {TILE} x {TILE} = {test[0].size}", flush=True)
+        areas = [tiled_area(images[n]) for n in TEST_PHOTOS]
+        if args.tiles_only:
+            return
 
-    rows = codec_rows(test, [tiled_area(images[n]) for n in TEST_PHOTOS])
-    rows.append(no_latent_row(train, test, args.no_latent_steps, args.seed))
+    rows = codec_rows(test, areas)
+    if args.no_latent_steps:
+        rows.append(no_latent_row(train, test, args.no_latent_steps, args.seed))
     for line in rows:
         print(f"  {line[0]:60s} {line[1]:7.4f} bits/dim  {line[2]:6.2f} CPU min", flush=True)
     runs = [(model, {}) for model in filter(None, args.models.split(","))]
     runs += [("vae", {k: _value(v) for k, v in (item.split("=", 1) for item in also.split())}) for also in args.also]
     for model, extra in runs:
         name, bits, minutes, info = vaekit_row(model, out / "train.npz", out / "test.npz", out, args.budget_minutes,
-                                               args.iw_samples, args.seed, extra)
+                                               args.iw_samples, args.seed, extra, args.device,
+                                               not args.no_pictures)
         rows.append((name, bits, minutes))
         r = info["result"]
         print(f"  {name:60s} {bits:7.4f} bits/dim  {minutes:6.2f} CPU min (train {info['train_minutes']:.2f}, "
               f"IWAE {info['eval_minutes']:.2f}); -ELBO {r['neg_elbo_bits_per_dim']:.4f} bits/dim", flush=True)
 
-    print(f"\nbits/dim on {len(test)} test tiles (32x32 RGB) of photos not trained on; CPU minutes of this process")
-    print(f"| {'method':60s} | bits/dim | CPU min |\n|{'-' * 62}|---------:|--------:|")
+    unit = "CPU minutes of this process" + ("" if args.device == "cpu" else f"; vaekit's rows: wall minutes on {args.device}")
+    print(f"\nbits/dim on {len(test)} test tiles (32x32 RGB) of photos not trained on; {unit}")
+    print(f"| {'method':60s} | bits/dim | minutes |\n|{'-' * 62}|---------:|--------:|")
     for name, bits, minutes in rows:
         print(f"| {name:60s} | {bits:8.4f} | {minutes:7.2f} |")
+    if args.json:
+        print(json.dumps({"unit": unit, "test_tiles": len(test), "train_tiles": len(train),
+                          "rows": [{"method": n, "bits_per_dim": b, "minutes": m} for n, b, m in rows]}))
 
 
 if __name__ == "__main__":

@@ -141,3 +141,13 @@ def test_fashion_mnist_defaults_to_the_measured_mlp_set_up(monkeypatch, tmp_path
             "--batch-size 100 --lr 0.001 --kl-warmup 10 --epochs 150 (a flag overrides each") in out
     code, out, _ = run_cli(capsys, "train", "--dataset", "fashion-mnist", "--arch", "conv", "--out", tmp_path / "c")
     assert code == 0 and "defaults on" not in out
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_evaluate_on_a_file_of_a_few_images_uses_them_all(digits_run, tmp_path, capsys, n):
+    """A --data file is evaluated whole: too few images to hold out a test split is no reason to refuse it."""
+    x = (np.random.default_rng(0).random((n, 8, 8)) > 0.5).astype(np.uint8) * 255
+    np.savez(tmp_path / "few.npz", x=x)
+    code, out, err = run_cli(capsys, "evaluate", digits_run, "--data", tmp_path / "few.npz", "--iw-samples", "3", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n_images"] == n

@@ -24,7 +24,11 @@ def test_gpu_check_smoke_mode_writes_one_results_file(tmp_path):
     results = json.loads(out.read_text())
     assert results["mode"].startswith("smoke") and results["finished"]
     stages = results["stages"]
-    assert set(stages) == {"speed", "iwae", "fast", "tests"}
+    assert set(stages) == {"speed", "iwae", "fast", "tests", "natural"}
+    natural = {row["method"].split(",")[0]: row["bits_per_dim"] for row in stages["natural"]["rows"]}
+    assert stages["natural"]["status"] == "ok" and natural.keys() == {"PNG (optimize)", "WebP lossless",
+                                                                        "vaekit vae (autoregressive True)"}
+    assert all(0 < bits < 16 for bits in natural.values())  # random tiles: about 8 bits/dim for everyone
     assert stages["speed"]["status"] == "ok" and "| vaekit |" in stages["speed"]["output_tail"]
     assert stages["iwae"]["status"] == "ok" and stages["iwae"]["k"] == 20 and stages["iwae"]["nll"] > 0
     assert stages["iwae"]["finite"] and stages["iwae"]["image_samples_per_second"] > 0

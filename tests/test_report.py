@@ -231,3 +231,13 @@ def test_a_categorical_latent_gets_one_traversal_row_per_variable(digits_run):
     text = build_report(digits_run, Categorical().eval(), test)
     rows = re.findall(r"<tr><td>(?:dimension|variable) (\d+)</td>", text)
     assert len(rows) == 2  # one row per variable, ordered by KL
+
+
+def test_a_run_with_one_test_image_gets_its_pictures_and_a_report_without_a_map(tmp_path):
+    images = np.random.default_rng(0).integers(0, 2, (60, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "tiny.npz", x=images)
+    run = vaekit.train(tmp_path / "run", dataset=str(tmp_path / "tiny.npz"), test_fraction=0.02, epochs=1,
+                       arch="mlp", hidden=16, latent_dim=2, progress=False)
+    page = (run / "report.html").read_text()
+    assert "No map: it needs at least 2 test images, and this run has 1" in page
+    assert (run / "samples.png").is_file() and not (run / "latent.png").exists()

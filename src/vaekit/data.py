@@ -95,8 +95,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VAEKIT_DATA") or Path.home() / ".cache" / "vaekit").expanduser()
 
 
-def load_dataset(cfg: DataConfig) -> ImageDataset:
-    """Load cfg.dataset and split it with cfg.split_seed (see DataConfig for the choices)."""
+def load_dataset(cfg: DataConfig, whole: bool = False) -> ImageDataset:
+    """Load cfg.dataset and split it with cfg.split_seed (see DataConfig for the choices). whole: a .npz
+    file or an image folder is read for evaluation in full, and its splits may be empty (a file of a
+    few images has none to hold out)."""
     name = cfg.dataset
     if name == "digits":
         from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
@@ -113,10 +115,10 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         return _split_dataset(name, *train, 255.0, cfg, test=test)  # the official test set is kept
     path = Path(name).expanduser()
     if name.endswith(".npz"):
-        return _split_dataset(name, *_read_npz(path), cfg)
+        return _split_dataset(name, *_read_npz(path), cfg, whole=whole)
     if path.is_dir():
         x, y, class_names = _read_image_folder(path)
-        dataset = _split_dataset(name, x, y, 255.0, cfg, len(class_names))
+        dataset = _split_dataset(name, x, y, 255.0, cfg, len(class_names), whole=whole)
         dataset.class_names = class_names or None
         return dataset
     if path.exists():
@@ -307,6 +309,7 @@ def _split_dataset(
     cfg: DataConfig,
     num_classes: int | None = None,
     test: tuple[np.ndarray, np.ndarray] | None = None,
+    whole: bool = False,
 ) -> ImageDataset:
     """Seeded split of (x (N, C, H, W), y (N,)) into train/val[/test]; `test` if the source has one.
 
@@ -336,7 +339,7 @@ def _split_dataset(
     if cfg.labels_per_class and y is not None:
         splits["train"] = keep_labels_per_class(splits["train"], cfg.labels_per_class, label_draw_seed(cfg))
     empty = [part for part in ("train", "val", "test") if len(splits[part]) == 0]
-    if empty:
+    if empty and not (whole and len(x)):
         raise VaekitError(
             f"dataset '{name}' has {len(x)} images: too few for val_fraction={cfg.val_fraction}, "
             f"test_fraction={cfg.test_fraction} (the {' and '.join(empty)} split would be empty)"

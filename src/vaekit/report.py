@@ -370,8 +370,11 @@ def build_report(run: Path, model, test, method: str = "auto", pictures: dict[st
         sections.append("<h2>Samples</h2>" + _figure(samples, "E[x|z], z drawn from the prior" + (
             " (of the class), one row per class" if model.num_classes else "")))
         sections.append(reconstruction_section(model, x, y, shown))
-        plane = latent_map(model.encode(x, y).cpu().numpy(), method, seed)
-        sections.append(map_section(model, plane, y, names))
+        if len(x) >= 2:
+            sections.append(map_section(model, latent_map(model.encode(x, y).cpu().numpy(), method, seed), y, names))
+        else:
+            sections.append(f"<h2>Latent space</h2><p>No map: it needs at least 2 test images, and this run has "
+                            f"{len(x)} (<code>--test-fraction</code> sets how many of the images are held out).</p>")
         sections.append(interpolation_section(model, x, y, shown))
         sections.append(traversal_section(model, x, y, shown))
     title = f"vaekit run {run.resolve().name}"

@@ -67,7 +67,8 @@ def evaluation_data(run: str | Path, dataset: str | None = None, data: str | Non
         raise VaekitError("give --dataset or --data, not both")
     if dataset is not None or data is not None:
         data_cfg = dataclasses.replace(data_cfg, dataset=dataset or data, data_dir=data_dir or data_cfg.data_dir)
-    source = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0))  # evaluation sees every known label
+    # evaluation sees every known label; a --data file is read whole, however few images it has
+    source = load_dataset(dataclasses.replace(data_cfg, labels_per_class=0), whole=data is not None)
     if dataset is None and data is None:  # its own split: the data must still be what it was trained on
         fingerprint.check(Path(run), source)
     if source.image_shape != tuple(model_cfg.image_shape):
