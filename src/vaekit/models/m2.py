@@ -77,7 +77,7 @@ class M2Config(ModelConfig):
     classifier_dropout: float = _opt(0.5, "dropout before q(y|x)'s logits in training (regularises the classifier "
                                      "on few labels)", low=0, high=1, high_open=True)
     classifier_shift: int = _opt(0, "in training, the classifier's log-loss sees each labelled image moved by up "
-                                 "to this many pixels (a random translation each time)", low=0)
+                                 "to this many pixels (a random translation each time)", low=0, high=256)
     init_latents: str | None = _opt(None, "a run of --model vae: M2 models its latent codes (M1+M2, Kingma et al.'s "
                                     "stacked model); evaluate and predict still take images")
     # Filled in from the data, not from flags: N_labelled / N of the training images.
