@@ -1,6 +1,7 @@
 """The prepared GPU check: one command, at most --deadline seconds (default 560) on an H100/H200, one results file.
 
-    python benchmarks/natural_images.py --out runs/natural-tiles --tiles-only --more-photos --flips  # here, first
+    pip install -e '.[bench]'    # here, first: scikit-image's photographs, cut into the natural stage's tiles
+    python benchmarks/natural_images.py --out runs/natural-tiles --tiles-only --more-photos --flips
     PYTHONPATH=src python3 benchmarks/gpu_check.py --out gpu_check.json          # on the GPU machine (carry
                                                                                    # runs/natural-tiles there)
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check.json              # the CPU smoke mode (tests)
