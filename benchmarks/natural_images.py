@@ -250,7 +250,7 @@ def main() -> None:
                                                not args.no_pictures)
         rows.append((name, bits, minutes))
         r = info["result"]
-        print(f"  {name:60s} {bits:7.4f} bits/dim  {minutes:6.2f} CPU min (train {info['train_minutes']:.2f}, "
+        print(f"  {name:60s} {bits:7.4f} bits/dim  {minutes:6.2f} min (train {info['train_minutes']:.2f}, "
               f"IWAE {info['eval_minutes']:.2f}); -ELBO {r['neg_elbo_bits_per_dim']:.4f} bits/dim", flush=True)
 
     unit = "CPU minutes of this process" + ("" if args.device == "cpu" else f"; vaekit's rows: wall minutes on {args.device}")
