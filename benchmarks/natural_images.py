@@ -217,9 +217,7 @@ def main() -> None:
 
     if args.tiles:
         train, test = (np.load(Path(args.tiles) / f"{part}.npz")["x"] for part in ("train", "test"))
-        np.savez_compressed(out / "train.npz", x=train)
-        np.savez_compressed(out / "test.npz", x=test)
-        print(f"{len(train)} training tiles and {len(test)} test tiles from {args.tiles}", flush=True)
+        described = f"{len(train)} training tiles and {len(test)} test tiles from {args.tiles}"
         areas = []
     else:
         images = photos()
@@ -228,14 +226,15 @@ def main() -> None:
         if args.flips:
             train = np.concatenate([train, train[..., ::-1]])
         test = np.concatenate([tiles(images[n], TILE) for n in TEST_PHOTOS])
-        np.savez_compressed(out / "train.npz", x=train)
-        np.savez_compressed(out / "test.npz", x=test)
-        print(f"{len(train)} training tiles (stride {args.stride}{', and mirrored' if args.flips else ''}) of "
-              f"{', '.join(names)}; {len(test)} test tiles "
-              f"of {', '.join(TEST_PHOTOS)} (no photo in both); D = 3 x {TILE} x {TILE} = {test[0].size}", flush=True)
+        described = (f"{len(train)} training tiles (stride {args.stride}{', and mirrored' if args.flips else ''}) of "
+                     f"{', '.join(names)}; {len(test)} test tiles of {', '.join(TEST_PHOTOS)} (no photo in both); "
+                     f"D = 3 x {TILE} x {TILE} = {test[0].size}")
         areas = [tiled_area(images[n]) for n in TEST_PHOTOS]
-        if args.tiles_only:
-            return
+    np.savez_compressed(out / "train.npz", x=train)
+    np.savez_compressed(out / "test.npz", x=test)
+    print(described, flush=True)
+    if args.tiles_only:
+        return
 
     rows = codec_rows(test, areas)
     if args.no_latent_steps:
