@@ -222,6 +222,8 @@ def main() -> None:
     parser.add_argument("--classifier-shift", type=int, default=None,
                         help="M2's (default: M2's own); the supervised baseline's input gets the same translations")
     parser.add_argument("--weight-decay", type=float, default=None, help="M2's AdamW weight decay (default: vaekit's)")
+    parser.add_argument("--ema", type=float, default=None,
+                        help="M2's average of the weights (--ema decay; default: vaekit's, off)")
     parser.add_argument("--arch", default="conv", choices=("conv", "mlp"))
     parser.add_argument("--hidden", type=int, default=None, help="units of the hidden layer (default: vaekit's)")
     parser.add_argument("--latent-dim", type=int, default=None, help="dimension of z (default: vaekit's)")
@@ -257,7 +259,7 @@ def main() -> None:
     m2_extra = {k: v for k, v in (("alpha", args.alpha), ("labelled_share", args.labelled_share),
                                   ("classifier_dropout", args.classifier_dropout),
                                   ("classifier_shift", args.classifier_shift),
-                                  ("weight_decay", args.weight_decay)) if v is not None}
+                                  ("weight_decay", args.weight_decay), ("ema", args.ema)) if v is not None}
 
     test_mode = binarization("auto", "bernoulli", source)
 

@@ -130,15 +130,11 @@ def schedules_plot(metrics: list[dict]) -> Figure | None:
     return fig
 
 
-def picture_names(model) -> tuple[str, ...]:
-    """The files run_pictures writes for this model."""
-    return (("samples.png", "reconstructions.png", "latent.png", "traversal.png")
-            + (("analogy.png",) if model.num_classes else ()) + ("curves.png",))
-
-
 @torch.no_grad()
 def run_pictures(out: Path, model, test, seed: int) -> dict[str, bytes]:
-    """Write the picture_names() of a trained run (test: DeviceData); returns them as PNG bytes."""
+    """Write a trained run's pictures (test: DeviceData): samples, reconstructions, the latent map (2 or more test
+    images), a traversal, an analogy (class-conditional models) and the curves; returns them by file name as PNG
+    bytes."""
     device = test.x.device
     pictures = {}
     names = ckpt.class_names(out, model.num_classes)
