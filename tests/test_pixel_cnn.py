@@ -14,7 +14,7 @@ import torch
 import vaekit
 from vaekit.likelihoods import DiscretizedGaussian, DiscretizedLogisticMixture
 from vaekit.models import VAE
-from vaekit.pixel_cnn import AutoregressivePixels, PixelCNNContext
+from vaekit.pixel_cnn import AutoregressivePixels, MaskedConv2d, PixelCNNContext
 
 
 def random_net(channels: int, params: int, seed: int = 0, blocks: int = 2, kernel: int = 3) -> PixelCNNContext:
@@ -56,6 +56,15 @@ def test_each_pixels_parameters_depend_on_the_pixels_before_it_only():
         assert reads <= set(positions[:n]), (i, j)  # no path from (i, j) itself or a later pixel
         neighbours = {(i, j - 1), (i - 1, j), (i - 1, j + 1)} & set(positions)
         assert neighbours <= reads  # the left, upper and upper-right neighbours are read
+
+
+@pytest.mark.parametrize("kernel,center", [(3, True), (5, False), (7, True)])
+def test_a_masked_convolution_is_the_full_convolution_with_its_mask(kernel, center):
+    torch.manual_seed(0)
+    conv = MaskedConv2d(4, 6, kernel, center)
+    x = torch.randn(2, 4, 9, 7)
+    full = torch.nn.functional.conv2d(x, conv.weight * conv.mask, conv.bias, padding=kernel // 2)  # k x k, H kept
+    torch.testing.assert_close(conv(x), full, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", KINDS)
