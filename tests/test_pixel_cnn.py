@@ -136,6 +136,37 @@ def test_the_masked_convolutions_have_their_own_width():
     assert small_vae(autoregressive=True, autoregressive_hidden=12).pixel_context.condition.out_channels == 12
 
 
+def test_dropout_acts_in_training_only_and_keeps_each_pixel_blind_to_itself_and_later_ones():
+    """--autoregressive-dropout: a training pass drops units (two passes differ) and stays causal on every
+    draw of the mask; an evaluation pass is the model without dropout, exactly."""
+    net = random_net(3, 20, blocks=2, kernel=5)
+    dropped = PixelCNNContext(3, 20, 8, blocks=2, kernel=5, dropout=0.5)
+    dropped.load_state_dict(net.state_dict())
+    x, theta = torch.rand(2, 3, 5, 6), torch.randn(2, 20, 5, 6)
+    torch.testing.assert_close(dropped.eval()(dropped.features(x), theta), net.eval()(net.features(x), theta),
+                               rtol=0, atol=0)
+    dropped.train()
+    torch.manual_seed(1)
+    first = dropped(dropped.features(x), theta)
+    assert not torch.allclose(first, dropped(dropped.features(x), theta))
+    later = x.clone()
+    later[:, :, 3, 2:] = torch.rand(2, 3, 4)  # pixel (3, 2) and everything after it in raster order
+    later[:, :, 4] = torch.rand(2, 3, 6)
+    torch.manual_seed(1)  # the same dropout mask as `first`
+    moved = dropped(dropped.features(later), theta)
+    torch.testing.assert_close(moved[:, :, :3], first[:, :, :3], rtol=0, atol=0)  # the rows above
+    torch.testing.assert_close(moved[:, :, 3, :3], first[:, :, 3, :3], rtol=0, atol=0)  # (3, 0), (3, 1), (3, 2)
+    assert not torch.allclose(moved[:, :, 3, 3:], first[:, :, 3, 3:])  # (3, 3) reads (3, 2)
+
+
+def test_dropout_reaches_the_masked_network_and_is_refused_where_there_is_none():
+    assert small_vae(autoregressive=True, autoregressive_dropout=0.25).pixel_context.dropout == 0.25
+    with pytest.raises(vaekit.VaekitError, match="--autoregressive-dropout regularises the masked network"):
+        small_vae(autoregressive_dropout=0.25)
+    with pytest.raises(vaekit.VaekitError, match="masked MLP"):
+        VAE(VAE.Config(image_shape=(1, 8, 8), autoregressive=True, autoregressive_dropout=0.25))
+
+
 def test_train_evaluate_and_draw_8_bit_colour(tmp_path, capsys):
     """An 8-bit RGB .npz: --autoregressive takes the logistic mixture the data chooses, says so, trains,
     gives -log p(x) <= -ELBO in bits/dim, and draws its pictures pixel by pixel."""

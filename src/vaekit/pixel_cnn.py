@@ -4,7 +4,8 @@ convolutions, van den Oord et al. 2016, over the parameters of PixelCNN++'s like
     p(x | z) = prod_pixels p(x_ij | x_<ij, z),    theta_ij = decoder(z)_ij + a_ij(x_<ij, decoder(z))
     h        = B_n(... B_1(A(x)))                 A: a masked k x k conv that sees the pixels before (i, j)
                                                   in raster order (every channel); B: residual masked 3x3
-                                                  convs that also see their own position
+                                                  convs that also see their own position, with dropout on
+                                                  their input in training (--autoregressive-dropout)
     a        = W_out SiLU(h + W_theta decoder(z))  (1x1 convs)
 
 where theta is the parameter tensor of the discretized likelihood (logistic mixture or Gaussian) and
@@ -51,8 +52,10 @@ class PixelCNNContext(nn.Module):
     """a(x_<ij, theta): images (B, C, H, W) and the decoder's parameters (..., B, P, H, W) -> corrections of
     theta, (..., B, P, H, W)."""
 
-    def __init__(self, image_channels: int, param_channels: int, hidden: int, blocks: int = 4, kernel: int = 5):
+    def __init__(self, image_channels: int, param_channels: int, hidden: int, blocks: int = 4, kernel: int = 5,
+                 dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout  # on each block's input, in training (PixelCNN++ uses 0.5 on CIFAR-10)
         self.first = MaskedConv2d(image_channels, hidden, kernel, center=False)
         self.blocks = nn.ModuleList(MaskedConv2d(hidden, hidden, 3, center=True) for _ in range(blocks))
         self.condition = nn.Conv2d(param_channels, hidden, 1)
@@ -65,7 +68,7 @@ class PixelCNNContext(nn.Module):
         """h: (B, C, H, W) -> (B, hidden, H, W); h_ij depends on x_<ij only."""
         h = self.first(x * 2 - 1)  # values centred on 0
         for block in self.blocks:
-            h = h + block(F.silu(h))
+            h = h + block(F.dropout(F.silu(h), self.dropout, self.training))  # elementwise: still causal
         return h
 
     def forward(self, h: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,12 @@ def autoregressive_hidden_option() -> int:
                 "for the discretized likelihoods)", low=0, high=65536)
 
 
+def autoregressive_dropout_option() -> float:
+    return _opt(0.0, "dropout inside --autoregressive's masked convolutions in training, on each residual block's "
+                "input (PixelCNN++'s regulariser against overfitting the pixels; discretized likelihoods only)",
+                low=0.0, high=1.0, high_open=True)
+
+
 def train_samples_option() -> int:
     return _opt(1, "importance samples of the training objective: 1 = the ELBO, K > 1 = the IWAE bound -IWAE_K "
                 "(Burda et al. 2016; K times the decoder's work per step)", low=1, high=4096)
@@ -66,6 +72,7 @@ class VAEConfig(ModelConfig):
     train_samples: int = train_samples_option()
     autoregressive: bool = autoregressive_option()
     autoregressive_hidden: int = autoregressive_hidden_option()
+    autoregressive_dropout: float = autoregressive_dropout_option()
 
 
 class VAE(nn.Module):
@@ -94,19 +101,24 @@ class VAE(nn.Module):
         self.encoder, self.decoder = make_networks(cfg, self.num_classes)
         self.latent_prior = self.make_latent_prior(cfg)  # p(z) (priors.py)
         self.pixel_context = None  # a(x_<i, z) of the autoregressive likelihood
-        hidden = cfg.autoregressive_hidden
+        hidden, dropout = cfg.autoregressive_hidden, cfg.autoregressive_dropout
         if cfg.autoregressive:
             kind = likelihood_kind(cfg)
             if kind is Bernoulli:
+                if dropout:
+                    raise VaekitError("--autoregressive-dropout is for the masked convolutions of the discretized "
+                                      "likelihoods, and --likelihood bernoulli uses a masked MLP (MADE)")
                 self.pixel_context = PixelContext(math.prod(cfg.image_shape), cfg.latent_dim + self.num_classes,
                                                   hidden or cfg.hidden)
             elif kind.discrete:
-                self.pixel_context = PixelCNNContext(cfg.image_shape[0], parameter_channels(cfg), hidden or 64)
+                self.pixel_context = PixelCNNContext(cfg.image_shape[0], parameter_channels(cfg), hidden or 64,
+                                                     dropout=dropout)
             else:
                 raise VaekitError(f"--autoregressive models discrete pixels, and --likelihood {cfg.likelihood} is a "
                                   "density of continuous values: use bernoulli, logistic-mixture or discretized-gaussian")
-        elif hidden:
-            raise VaekitError("--autoregressive-hidden sizes the masked network of --autoregressive: add --autoregressive")
+        elif hidden or dropout:
+            name = "--autoregressive-hidden sizes" if hidden else "--autoregressive-dropout regularises"
+            raise VaekitError(f"{name} the masked network of --autoregressive: add --autoregressive")
 
     @staticmethod
     def make_latent_prior(cfg: VAEConfig) -> nn.Module:
@@ -213,6 +225,7 @@ class CVAEConfig(ModelConfig):
     train_samples: int = train_samples_option()
     autoregressive: bool = autoregressive_option()  # p(x_i | x_<i, z, c)
     autoregressive_hidden: int = autoregressive_hidden_option()
+    autoregressive_dropout: float = autoregressive_dropout_option()
 
 
 class CVAE(VAE):
