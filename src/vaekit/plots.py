@@ -133,7 +133,7 @@ def schedules_plot(metrics: list[dict]) -> Figure | None:
 @torch.no_grad()
 def run_pictures(out: Path, model, test, seed: int) -> dict[str, bytes]:
     """Write a trained run's pictures (test: DeviceData): samples, reconstructions, the latent map (2 or more test
-    images), a traversal, an analogy (class-conditional models) and the curves; returns them by file name as PNG
+    images), a traversal, an analogy (models with classes) and the curves; returns them by file name as PNG
     bytes."""
     device = test.x.device
     pictures = {}
