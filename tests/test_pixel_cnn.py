@@ -137,8 +137,8 @@ def test_the_masked_convolutions_have_their_own_width():
 
 
 def test_dropout_acts_in_training_only_and_keeps_each_pixel_blind_to_itself_and_later_ones():
-    """--autoregressive-dropout: a training pass drops units (two passes differ) and stays causal on every
-    draw of the mask; an evaluation pass is the model without dropout, exactly."""
+    """--autoregressive-dropout: a training pass drops units (two passes differ) and stays causal under its
+    mask; an evaluation pass is the model without dropout, exactly."""
     net = random_net(3, 20, blocks=2, kernel=5)
     dropped = PixelCNNContext(3, 20, 8, blocks=2, kernel=5, dropout=0.5)
     dropped.load_state_dict(net.state_dict())
@@ -154,8 +154,8 @@ def test_dropout_acts_in_training_only_and_keeps_each_pixel_blind_to_itself_and_
     later[:, :, 4] = torch.rand(2, 3, 6)
     torch.manual_seed(1)  # the same dropout mask as `first`
     moved = dropped(dropped.features(later), theta)
-    torch.testing.assert_close(moved[:, :, :3], first[:, :, :3], rtol=0, atol=0)  # the rows above
-    torch.testing.assert_close(moved[:, :, 3, :3], first[:, :, 3, :3], rtol=0, atol=0)  # (3, 0), (3, 1), (3, 2)
+    torch.testing.assert_close(moved[:, :, :3], first[:, :, :3])  # the rows above (float32 tolerance: the
+    torch.testing.assert_close(moved[:, :, 3, :3], first[:, :, 3, :3])  # conv kernel may vary); (3, 0)-(3, 2)
     assert not torch.allclose(moved[:, :, 3, 3:], first[:, :, 3, 3:])  # (3, 3) reads (3, 2)
 
 
