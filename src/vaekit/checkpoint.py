@@ -15,6 +15,7 @@ Every write goes to a temporary file in the same folder, is fsynced, then rename
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -151,8 +152,6 @@ class RunLock:
         self.out, self.created, self.fd = Path(out), False, -1
 
     def __enter__(self) -> RunLock:
-        import fcntl
-
         out = self.out
         try:
             if out.exists() and not out.is_dir():

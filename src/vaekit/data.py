@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 import struct
+import tarfile
 import warnings
 import zipfile
 import zlib
@@ -492,8 +493,6 @@ def _named_folders(name: str, cfg: DataConfig) -> list[Path]:
 
 def _load_cifar10(folders: list[Path], name: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
     """((x, y) train, (x, y) test) from cifar-10-binary.tar.gz (read in place) or its extracted folder."""
-    import tarfile
-
     for folder in folders:
         for base in (folder / CIFAR_FOLDER, folder):
             if all((base / f).is_file() for part in CIFAR_FILES.values() for f in part):
